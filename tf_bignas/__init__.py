@@ -1,0 +1,1 @@
+"""tf_bignas: BigNAS in TensorFlow/Keras 3."""

@@ -1,0 +1,309 @@
+"""Dynamic layers: each holds the largest weights and runs any smaller slice.
+
+Every layer runs in one of two modes, chosen once per supernet:
+
+- ``"slice"`` (CPU/GPU default): the active channels and kernel are real slices
+  of the variables, with sizes given as tensors. A small child then costs what
+  a small static model costs.
+- ``"mask"`` (XLA/TPU): the full weights always run, and the inactive channels
+  and kernel taps are multiplied by zero, so every shape is static and one
+  compiled graph serves every child.
+
+In both modes the active channels are the lowest-index ones and a small
+depthwise kernel is the centre of the largest one, so both modes compute the
+same function (up to float rounding) and the same sliced static model.
+
+Batch norm has three ways to get its statistics (`bn_mode`):
+``"batch"`` (supernet training: batch statistics only, nothing stored),
+``"stored"`` (inference: the moving statistics, which hold the calibrated
+statistics of the active child, see `Supernet.load_bn_stats`), and
+``"calibrate"`` (batch statistics for the output, while an exact cumulative
+average of the batch moments is accumulated for re-calibration).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+MODES = ("slice", "mask")
+BN_MODES = ("batch", "stored", "calibrate")
+
+
+def channel_mask(n: tf.Tensor, size: int, dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """Returns a [size] vector of ones for the first n channels, zeros after.
+
+    Args:
+        n: Active channels (scalar int tensor).
+        size: Total channels.
+        dtype: Output dtype.
+
+    Returns:
+        The mask.
+    """
+    return tf.cast(tf.range(size) < tf.cast(n, tf.int32), dtype)
+
+
+def activation(x: tf.Tensor, name: str) -> tf.Tensor:
+    """Applies "swish", "relu" or "hswish" (x * relu6(x + 3) / 6).
+
+    Args:
+        x: Input tensor.
+        name: Activation name.
+
+    Returns:
+        The activated tensor.
+
+    Raises:
+        ValueError: For an unknown activation.
+    """
+    if name == "swish":
+        return tf.nn.silu(x)
+    if name == "relu":
+        return tf.nn.relu(x)
+    if name == "hswish":
+        return x * tf.nn.relu6(x + 3.0) / 6.0
+    raise ValueError(f"unknown activation {name!r}; allowed: swish, relu, hswish")
+
+
+def keras_activation(name: str) -> str:
+    """The stock Keras activation name equal to `activation(x, name)`."""
+    return {"swish": "silu", "relu": "relu", "hswish": "hard_silu"}[name]
+
+
+class DynamicConv2D(keras.layers.Layer):
+    """A dense (groups=1) convolution whose input and output channels can shrink.
+
+    Args:
+        max_in: Largest input channels.
+        max_out: Largest output channels.
+        kernel_size: Square kernel size.
+        strides: Stride.
+        use_bias: Whether to add a bias.
+        kernel_initializer: Kernel initializer.
+        **kwargs: Base layer arguments (e.g. name).
+    """
+
+    def __init__(
+        self,
+        max_in: int,
+        max_out: int,
+        kernel_size: int = 1,
+        strides: int = 1,
+        use_bias: bool = False,
+        kernel_initializer: str | keras.initializers.Initializer = "he_normal",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.max_in, self.max_out = max_in, max_out
+        self.kernel_size, self.strides, self.use_bias = kernel_size, strides, use_bias
+        k = kernel_size
+        self.kernel = self.add_weight(
+            name="kernel", shape=(k, k, max_in, max_out), initializer=kernel_initializer
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(max_out,), initializer="zeros")
+            if use_bias
+            else None
+        )
+        self.built = True
+
+    def call(self, x: tf.Tensor, out_ch: tf.Tensor, mode: str = "slice") -> tf.Tensor:
+        """Convolves with the first `out_ch` filters over the input's channels.
+
+        Args:
+            x: [B, H, W, C] input (C active channels in slice mode, max_in in mask mode).
+            out_ch: Active output channels (scalar int tensor).
+            mode: "slice" or "mask".
+
+        Returns:
+            [B, H', W', out_ch] (slice) or [B, H', W', max_out] masked (mask).
+        """
+        if mode == "slice":
+            w = self.kernel[:, :, : tf.shape(x)[-1], :out_ch]
+            b = self.bias[:out_ch] if self.use_bias else None
+        else:
+            w, b = self.kernel, self.bias
+        y = tf.nn.conv2d(x, w, self.strides, "SAME")
+        if b is not None:
+            y = y + b
+        if mode == "mask":
+            y = y * channel_mask(out_ch, self.max_out, y.dtype)
+        return y
+
+
+class DynamicDepthwiseConv2D(keras.layers.Layer):
+    """A depthwise convolution whose channels and (centred) kernel can shrink.
+
+    Args:
+        max_ch: Largest channels.
+        max_kernel: Largest (odd) kernel size.
+        strides: Stride.
+        **kwargs: Base layer arguments.
+    """
+
+    def __init__(self, max_ch: int, max_kernel: int, strides: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_ch, self.max_kernel, self.strides = max_ch, max_kernel, strides
+        self.kernel = self.add_weight(
+            name="depthwise_kernel",
+            shape=(max_kernel, max_kernel, max_ch, 1),
+            initializer="he_normal",
+        )
+        self.built = True
+
+    def call(self, x: tf.Tensor, kernel_size: tf.Tensor, mode: str = "slice") -> tf.Tensor:
+        """Applies the centre `kernel_size` x `kernel_size` taps to the input's channels.
+
+        Args:
+            x: [B, H, W, C] input.
+            kernel_size: Active kernel size (scalar int tensor, odd).
+            mode: "slice" or "mask".
+
+        Returns:
+            [B, H', W', C].
+        """
+        big = self.max_kernel
+        if mode == "slice":
+            start = (big - kernel_size) // 2
+            end = start + kernel_size
+            w = self.kernel[start:end, start:end, : tf.shape(x)[-1], :]
+        else:
+            taps = tf.cast(
+                tf.abs(tf.range(big) - big // 2) <= tf.cast(kernel_size, tf.int32) // 2,
+                self.kernel.dtype,
+            )
+            w = self.kernel * (taps[:, None, None, None] * taps[None, :, None, None])
+        return tf.nn.depthwise_conv2d(x, w, [1, self.strides, self.strides, 1], "SAME")
+
+
+class DynamicBatchNorm(keras.layers.Layer):
+    """Batch norm over the active channels, with calibration accumulators.
+
+    Args:
+        max_ch: Largest channels.
+        epsilon: Variance epsilon (the same as the sliced `BatchNormalization`).
+        zero_gamma: Initialise gamma to zero (last BN of a residual block).
+        synchronized: Compute batch statistics across all replicas.
+        **kwargs: Base layer arguments.
+    """
+
+    def __init__(
+        self,
+        max_ch: int,
+        epsilon: float = 1e-3,
+        zero_gamma: bool = False,
+        synchronized: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.max_ch, self.epsilon, self.synchronized = max_ch, epsilon, synchronized
+        self.gamma = self.add_weight(
+            name="gamma", shape=(max_ch,), initializer="zeros" if zero_gamma else "ones"
+        )
+        self.beta = self.add_weight(name="beta", shape=(max_ch,), initializer="zeros")
+        self.moving_mean = self.add_weight(
+            name="moving_mean", shape=(max_ch,), initializer="zeros", trainable=False
+        )
+        self.moving_variance = self.add_weight(
+            name="moving_variance", shape=(max_ch,), initializer="ones", trainable=False
+        )
+        # Exact cumulative sums for calibration: sum of x, sum of x^2, count.
+        self.calib_sum = self.add_weight(
+            name="calib_sum", shape=(max_ch,), initializer="zeros", trainable=False
+        )
+        self.calib_sqsum = self.add_weight(
+            name="calib_sqsum", shape=(max_ch,), initializer="zeros", trainable=False
+        )
+        self.calib_count = self.add_weight(
+            name="calib_count", shape=(), initializer="zeros", trainable=False
+        )
+        self.built = True
+
+    def _batch_sums(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Per-channel sum, sum of squares and count, summed over all replicas."""
+        s = tf.reduce_sum(x, axis=[0, 1, 2])
+        sq = tf.reduce_sum(tf.square(x), axis=[0, 1, 2])
+        shape = tf.shape(x)
+        n = tf.cast(shape[0] * shape[1] * shape[2], x.dtype)
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            s, sq, n = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [s, sq, n])
+        return s, sq, n
+
+    def reset_calibration(self) -> None:
+        """Zeroes the calibration accumulators."""
+        for v in (self.calib_sum, self.calib_sqsum, self.calib_count):
+            v.assign(tf.zeros_like(v))
+
+    def calibrated_stats(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """Mean and (biased) variance over everything accumulated since the reset."""
+        n = tf.maximum(self.calib_count, 1.0)
+        mean = self.calib_sum / n
+        var = tf.maximum(self.calib_sqsum / n - tf.square(mean), 0.0)
+        return mean, var
+
+    def call(
+        self,
+        x: tf.Tensor,
+        bn_mode: str = "batch",
+        mode: str = "slice",
+        ch: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """Normalises the active channels.
+
+        Args:
+            x: [B, H, W, C] input.
+            bn_mode: "batch", "stored" or "calibrate".
+            mode: "slice" or "mask".
+            ch: Active channels, needed in mask mode to zero the rest.
+
+        Returns:
+            The normalised tensor, same shape as x.
+        """
+        c = tf.shape(x)[-1]
+        gamma, beta = self.gamma[:c], self.beta[:c]
+        if bn_mode == "stored":
+            mean, var = self.moving_mean[:c], self.moving_variance[:c]
+        elif bn_mode in ("batch", "calibrate"):
+            if self.synchronized or bn_mode == "calibrate":
+                total, sq_total, n = self._batch_sums(x)
+            if self.synchronized:
+                mean = total / n
+                var = tf.maximum(sq_total / n - tf.square(mean), 0.0)
+            else:
+                mean, var = tf.nn.moments(x, axes=[0, 1, 2])
+            if bn_mode == "calibrate":
+                pad = [[0, self.max_ch - c]]
+                self.calib_sum.assign_add(tf.pad(total, pad))
+                self.calib_sqsum.assign_add(tf.pad(sq_total, pad))
+                self.calib_count.assign_add(n)
+        else:
+            raise ValueError(f"unknown bn_mode {bn_mode!r}; allowed: {BN_MODES}")
+        y = tf.nn.batch_normalization(x, mean, var, beta, gamma, self.epsilon)
+        if mode == "mask" and ch is not None:
+            y = y * channel_mask(ch, self.max_ch, y.dtype)
+        return y
+
+
+class DynamicDense(keras.layers.Layer):
+    """A classifier whose input features can shrink.
+
+    Args:
+        max_in: Largest input features.
+        units: Outputs.
+        **kwargs: Base layer arguments.
+    """
+
+    def __init__(self, max_in: int, units: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_in, self.units = max_in, units
+        self.kernel = self.add_weight(
+            name="kernel", shape=(max_in, units), initializer="glorot_uniform"
+        )
+        self.bias = self.add_weight(name="bias", shape=(units,), initializer="zeros")
+        self.built = True
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        """[B, C] -> [B, units] with the first C rows of the kernel."""
+        return tf.matmul(x, self.kernel[: tf.shape(x)[-1]]) + self.bias
