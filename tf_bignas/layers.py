@@ -71,6 +71,24 @@ def keras_activation(name: str) -> str:
     return {"swish": "silu", "relu": "relu", "hswish": "hard_silu"}[name]
 
 
+def take(variable: tf.Variable | tf.Tensor, begin: list, size: list) -> tf.Tensor:
+    """Slices a weight with `tf.slice` (size -1 keeps a whole axis).
+
+    `tf.slice` rather than strided slicing: its gradient is a single
+    multi-threaded `tf.pad`, which is markedly cheaper than `StridedSliceGrad`
+    for the 4-D kernels here.
+
+    Args:
+        variable: The full weight.
+        begin: Start per axis (ints or scalar tensors).
+        size: Size per axis (ints or scalar tensors, -1 for all).
+
+    Returns:
+        The slice.
+    """
+    return tf.slice(variable, tf.stack(begin), tf.stack(size))
+
+
 class DynamicConv2D(keras.layers.Layer):
     """A dense (groups=1) convolution whose input and output channels can shrink.
 
@@ -120,8 +138,8 @@ class DynamicConv2D(keras.layers.Layer):
             [B, H', W', out_ch] (slice) or [B, H', W', max_out] masked (mask).
         """
         if mode == "slice":
-            w = self.kernel[:, :, : tf.shape(x)[-1], :out_ch]
-            b = self.bias[:out_ch] if self.use_bias else None
+            w = take(self.kernel, [0, 0, 0, 0], [-1, -1, tf.shape(x)[-1], out_ch])
+            b = take(self.bias, [0], [out_ch]) if self.use_bias else None
         else:
             w, b = self.kernel, self.bias
         y = tf.nn.conv2d(x, w, self.strides, "SAME")
@@ -166,8 +184,9 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         big = self.max_kernel
         if mode == "slice":
             start = (big - kernel_size) // 2
-            end = start + kernel_size
-            w = self.kernel[start:end, start:end, : tf.shape(x)[-1], :]
+            w = take(
+                self.kernel, [start, start, 0, 0], [kernel_size, kernel_size, tf.shape(x)[-1], -1]
+            )
         else:
             taps = tf.cast(
                 tf.abs(tf.range(big) - big // 2) <= tf.cast(kernel_size, tf.int32) // 2,
@@ -262,7 +281,7 @@ class DynamicBatchNorm(keras.layers.Layer):
             The normalised tensor, same shape as x.
         """
         c = tf.shape(x)[-1]
-        gamma, beta = self.gamma[:c], self.beta[:c]
+        gamma, beta = take(self.gamma, [0], [c]), take(self.beta, [0], [c])
         if bn_mode == "stored":
             mean, var = self.moving_mean[:c], self.moving_variance[:c]
         elif bn_mode in ("batch", "calibrate"):
@@ -306,4 +325,4 @@ class DynamicDense(keras.layers.Layer):
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         """[B, C] -> [B, units] with the first C rows of the kernel."""
-        return tf.matmul(x, self.kernel[: tf.shape(x)[-1]]) + self.bias
+        return tf.matmul(x, take(self.kernel, [0, 0], [tf.shape(x)[-1], -1])) + self.bias

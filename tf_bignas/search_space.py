@@ -454,6 +454,26 @@ class SearchSpace:
             total *= len(self.resolutions)
         return total
 
+    def with_resolutions(
+        self, train_resolutions: Sequence[int], resolutions: Sequence[int] | None = None
+    ) -> SearchSpace:
+        """The same space with other resolutions (e.g. small images on a CPU).
+
+        Args:
+            train_resolutions: Resolutions for training.
+            resolutions: Resolutions for search and deployment (default: the
+                training ones).
+
+        Returns:
+            A new SearchSpace.
+        """
+        train = tuple(sorted(int(r) for r in train_resolutions))
+        return dataclasses.replace(
+            self,
+            train_resolutions=train,
+            resolutions=tuple(sorted(int(r) for r in resolutions)) if resolutions else train,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The space as JSON-able data."""
         return dataclasses.asdict(self)

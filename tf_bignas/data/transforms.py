@@ -124,6 +124,10 @@ def center_crop_window(size: tf.Tensor, crop_fraction: float) -> tf.Tensor:
 def resize(images: tf.Tensor, resolution: int) -> tf.Tensor:
     """Bicubic resize to a square, clipped and rounded to valid pixel values.
 
+    Downscaling is antialiased (the kernel widens with the scale, as in PIL),
+    so a patch resized in two steps is close to one resized in one step, and a
+    low-resolution child sees what a low-resolution camera would.
+
     Args:
         images: [H, W, 3] or [B, H, W, 3], values in [0, 255], any real or
             integer dtype.
@@ -134,7 +138,7 @@ def resize(images: tf.Tensor, resolution: int) -> tf.Tensor:
         [0, 255].
     """
     x = tf.cast(images, tf.float32)
-    x = tf.image.resize(x, [resolution, resolution], method=INTERPOLATION)
+    x = tf.image.resize(x, [resolution, resolution], method=INTERPOLATION, antialias=True)
     return tf.round(tf.clip_by_value(x, 0.0, 255.0))
 
 
