@@ -106,7 +106,8 @@ _MAX_TRANSLATE = 150.0 / 331.0
 def _blend(degenerate: tf.Tensor, image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
     """PIL.ImageEnhance: degenerate + factor * (image - degenerate), truncated to uint8."""
     out = degenerate + factor * (image - degenerate)
-    return tf.cast(tf.clip_by_value(tf.floor(out), 0.0, 255.0), tf.uint8)
+    # The epsilon absorbs float32 error where the exact result is an integer.
+    return tf.cast(tf.clip_by_value(tf.floor(out + 1e-3), 0.0, 255.0), tf.uint8)
 
 
 def _grey(x: tf.Tensor) -> tf.Tensor:

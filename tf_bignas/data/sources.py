@@ -732,7 +732,8 @@ def open_source(
 
     Args:
         spec: "folder:PATH", "tfds:NAME", "embedded", or an open `Source`
-            (returned as is; the other arguments are then ignored).
+            (returned as is; the other arguments are then not used, and a
+            minival size other than the source's is an error).
         data_dir: TFDS data directory (TFDS sources only).
         minival: Minival size: number of images, fraction, or None.
         strict: Folder sources: unreadable files raise instead of being skipped.
@@ -746,6 +747,11 @@ def open_source(
         FileNotFoundError: If a folder does not exist.
     """
     if isinstance(spec, Source):
+        if minival is not None and minival != spec.minival:
+            raise DataSourceError(
+                f"minival={minival!r} conflicts with the open source {spec.spec!r} "
+                f"(minival={spec.minival!r}); pass minival to open_source instead"
+            )
         return spec
     if not isinstance(spec, str):
         raise DataSourceError(f"source must be a string or a Source, got {spec!r}")
