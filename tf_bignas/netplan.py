@@ -95,7 +95,9 @@ def _out_res(res: int, stride: int) -> int:
     return math.ceil(res / stride)
 
 
-def shortcut_structure(space: SearchSpace, stage: int, stage_shortcuts: bool) -> tuple[bool, bool, bool]:
+def shortcut_structure(
+    space: SearchSpace, stage: int, stage_shortcuts: bool
+) -> tuple[bool, bool, bool]:
     """Structural shortcut of the first block of a stage (fixed for the whole supernet).
 
     The first block of a stage changes resolution (stride 2) and/or channels.

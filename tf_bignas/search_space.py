@@ -71,7 +71,9 @@ class StageSpec:
         for name in ("widths", "depths", "kernels", "expand_ratios"):
             values = getattr(self, name)
             if not values or list(values) != sorted(set(values)):
-                raise ValueError(f"StageSpec.{name} must be a non-empty ascending tuple, got {values}")
+                raise ValueError(
+                    f"StageSpec.{name} must be a non-empty ascending tuple, got {values}"
+                )
         if min(self.depths) < 1:
             raise ValueError(f"StageSpec.depths must be >= 1, got {self.depths}")
         if any(k % 2 == 0 for k in self.kernels):
@@ -79,7 +81,9 @@ class StageSpec:
         if self.stride not in (1, 2):
             raise ValueError(f"StageSpec.stride must be 1 or 2, got {self.stride}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"StageSpec.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+            raise ValueError(
+                f"StageSpec.activation must be one of {ACTIVATIONS}, got {self.activation!r}"
+            )
 
     @property
     def max_depth(self) -> int:
@@ -334,9 +338,7 @@ class SearchSpace:
             widths=tuple(min(c) for c in self.width_choices()),
             depths=tuple(min(s.depths) for s in self.stages),
             kernels=tuple((min(s.kernels),) * min(s.depths) for s in self.stages),
-            expand_ratios=tuple(
-                (min(s.expand_ratios),) * min(s.depths) for s in self.stages
-            ),
+            expand_ratios=tuple((min(s.expand_ratios),) * min(s.depths) for s in self.stages),
         )
 
     def sample(

@@ -393,7 +393,9 @@ class Supernet(keras.Model):
         mode = self.mode
         widths, depths = a["widths"], a["depths"]
         x = self.stem_conv(images, widths[0], mode=mode)
-        x = activation(self.stem_bn(x, bn_mode=bn_mode, mode=mode, ch=widths[0]), self.max_plan.activation)
+        x = activation(
+            self.stem_bn(x, bn_mode=bn_mode, mode=mode, ch=widths[0]), self.max_plan.activation
+        )
         for i, blk in enumerate(self.blocks):
             p = blk.plan
             kwargs = dict(
@@ -417,7 +419,9 @@ class Supernet(keras.Model):
                 x = blk(x, active=active, **kwargs)
         head = widths[-1]
         x = self.head_conv(x, head, mode=mode)
-        x = activation(self.head_bn(x, bn_mode=bn_mode, mode=mode, ch=head), self.max_plan.activation)
+        x = activation(
+            self.head_bn(x, bn_mode=bn_mode, mode=mode, ch=head), self.max_plan.activation
+        )
         x = tf.reduce_mean(x, axis=[1, 2])
         if dropout and training and self.dropout_rate > 0:
             x = tf.nn.dropout(x, rate=self.dropout_rate)

@@ -1,0 +1,165 @@
+"""Tests of tf_bignas.supernet: modes, tracing, XLA, BN statistics, paper switches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from supernet_testutil import randomize_weights
+
+from tf_bignas.search_space import InvalidArchError, get_space
+from tf_bignas.supernet import BNStatsStore, Supernet
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("bignas_tiny")
+
+
+def _images(res, batch=4, seed=0):
+    return tf.random.stateless_normal([batch, res, res, 3], seed=[seed, res])
+
+
+def test_new_child_never_retraces_only_new_resolution(space):
+    net = Supernet(space, num_classes=10)
+
+    @tf.function
+    def step(images, arch):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(net(images, arch=arch, training=True)))
+        return loss, tape.gradient(loss, net.trainable_variables)
+
+    for seed in range(12):
+        arch = space.sample(seed)
+        step(_images(arch.resolution), net.encode_arch(arch))
+    assert step.experimental_get_tracing_count() == len(space.train_resolutions)
+
+
+def test_mask_mode_under_xla_matches_slice_mode(space):
+    sliced = Supernet(space, num_classes=10)
+    randomize_weights(sliced, seed=3)
+    masked = Supernet(space, num_classes=10, mode="mask")
+    masked.set_weights(sliced.get_weights())
+
+    @tf.function(jit_compile=True)
+    def xla_step(images, arch):
+        with tf.GradientTape() as tape:
+            logits = masked(images, arch=arch, training=True)
+            loss = tf.reduce_mean(tf.square(logits))
+        return logits, tape.gradient(loss, masked.trainable_variables)
+
+    images = _images(32)
+    for seed in range(5):
+        arch = space.sample(seed, resolutions=[32])
+        logits, grads = xla_step(images, masked.encode_arch(arch))
+        want = sliced(images, arch=arch, training=True).numpy()
+        assert np.max(np.abs(logits.numpy() - want)) < 1e-4
+        assert all(np.all(np.isfinite(g.numpy())) for g in grads)
+        assert sum(float(tf.reduce_sum(tf.abs(g))) for g in grads) > 0
+    assert xla_step.experimental_get_tracing_count() == 1
+
+
+def test_mask_mode_gradients_vanish_outside_the_child(space):
+    net = Supernet(space, num_classes=10, mode="mask")
+    randomize_weights(net, seed=4)
+    arch = space.smallest(32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(net(_images(32), arch=arch, training=True)))
+    grads = dict(
+        zip([v.path for v in net.trainable_variables], tape.gradient(loss, net.trainable_variables))
+    )
+    stem = grads["stem_conv/kernel"].numpy()
+    assert (
+        np.abs(stem[..., arch.widths[0] :]).max() == 0
+        and np.abs(stem[..., : arch.widths[0]]).max() > 0
+    )
+    # The second layer of each stage is inactive in the smallest child.
+    second = [p for p in grads if "l2_project_conv" in p]
+    assert second and all(np.abs(grads[p].numpy()).max() == 0 for p in second)
+
+
+def test_paper_switches(space):
+    net = Supernet(space, num_classes=10)
+    residual = [b for b in net.blocks if b.plan.residual]
+    assert residual and all(np.all(b.project_bn.gamma.numpy() == 0) for b in residual)
+    firsts = [b for b in net.blocks if b.plan.index == 0]
+    assert all(b.plan.residual and b.plan.shortcut_conv for b in firsts)
+    assert [b.plan.shortcut_pool for b in firsts] == [s.stride == 2 for s in space.stages]
+    plain = Supernet(space, num_classes=10, zero_init_last_bn=False, stage_shortcuts=False)
+    assert all(np.all(b.project_bn.gamma.numpy() == 1) for b in plain.blocks)
+    assert not any(b.plan.residual for b in plain.blocks if b.plan.index == 0)
+    assert len(plain.weights) < len(net.weights)
+
+
+def test_calibration_is_an_exact_cumulative_average(space):
+    net = Supernet(space, num_classes=10)
+    randomize_weights(net, seed=5)
+    arch = space.sample(2, resolutions=[16])
+    a, b = _images(16, batch=3, seed=1), _images(16, batch=5, seed=2)
+    net.reset_calibration()
+    net(a, arch=arch, training=False, bn_mode="calibrate")
+    net(b, arch=arch, training=False, bn_mode="calibrate")
+    stats = net.calibrated_bn_stats(arch)
+    # The stem BN sees the stem conv output, whose exact moments we can compute.
+    stem_ch = arch.widths[0]
+    conv = tf.concat([net.stem_conv(a, out_ch=stem_ch), net.stem_conv(b, out_ch=stem_ch)], axis=0)
+    mean, var = tf.nn.moments(conv, axes=[0, 1, 2])
+    np.testing.assert_allclose(stats["stem_bn"][0], mean.numpy(), atol=1e-5)
+    np.testing.assert_allclose(stats["stem_bn"][1], var.numpy(), rtol=1e-4, atol=1e-5)
+    assert set(stats) == set(net.bn_channels(arch))
+    assert all(
+        m.shape == (ch,) for (m, _), ch in zip(stats.values(), net.bn_channels(arch).values())
+    )
+
+
+def test_bn_stats_store_round_trip_and_use(space, tmp_path):
+    net = Supernet(space, num_classes=10)
+    randomize_weights(net, seed=6)
+    arch = space.sample(9, resolutions=[16])
+    images = _images(16)
+    net.reset_calibration()
+    net(images, arch=arch, bn_mode="calibrate")
+    net.bn_stats.put(arch, net.calibrated_bn_stats(arch))
+    path = str(tmp_path / "bn_stats.npz")
+    net.bn_stats.save(path)
+    loaded = BNStatsStore.load(path)
+    assert arch in loaded and len(loaded) == 1 and loaded.archs() == [arch]
+    for name, (m, v) in net.bn_stats.get(arch).items():
+        np.testing.assert_array_equal(loaded.get(arch)[name][0], m)
+        np.testing.assert_array_equal(loaded.get(arch)[name][1], v)
+    before = net(images, arch=arch, training=False).numpy()
+    net.load_bn_stats(arch)
+    after = net(images, arch=arch, training=False).numpy()
+    batch = net(images, arch=arch, training=True).numpy()
+    assert np.max(np.abs(after - before)) > 1e-3
+    # Calibrated on this very batch: inference equals batch-statistics mode.
+    np.testing.assert_allclose(after, batch, atol=1e-3)
+    with pytest.raises(KeyError, match="calibrate it first"):
+        net.bn_stats.get(space.largest())
+
+
+def test_bad_arch_input(space):
+    net = Supernet(space, num_classes=10)
+    with pytest.raises(InvalidArchError, match="images are 16x16 but the arch has resolution 32"):
+        net(_images(16), arch=space.largest(32))
+    with pytest.raises(InvalidArchError, match="ArchConfig or the dict"):
+        net(_images(16), arch=[1, 2, 3])
+    with pytest.raises(ValueError, match="unknown supernet mode 'fast'"):
+        Supernet(space, 10, mode="fast")
+    with pytest.raises(ValueError, match="unknown bn_mode"):
+        net(_images(16), arch=space.largest(16), bn_mode="running")
+
+
+def test_dropout_only_when_asked(space):
+    net = Supernet(space, num_classes=10, dropout_rate=0.5)
+    randomize_weights(net, seed=7)
+    arch = space.largest(16)
+    images = _images(16)
+    plain = net(images, arch=arch, training=True).numpy()
+    np.testing.assert_array_equal(plain, net(images, arch=arch, training=True).numpy())
+    dropped = net(images, arch=arch, training=True, dropout=True).numpy()
+    assert np.max(np.abs(dropped - plain)) > 1e-4
+    np.testing.assert_array_equal(
+        net(images, arch=arch, training=False, dropout=True).numpy(),
+        net(images, arch=arch, training=False).numpy(),
+    )
