@@ -178,3 +178,28 @@ def test_dataset_info_and_minival_training(embedded):
     assert info.num_classes == 10 and info.num_examples == 3500
     ds = build_train_dataset("embedded", "minival", (16,), 100, minival=500, repeat=False)
     assert sum(int(b["label"].shape[0]) for b in ds) == 500
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_unvalidated_folder_drops_corrupt_file_while_reading(image_folder, cache):
+    source = open_source(image_folder.spec, validate=False)
+    ds = build_train_dataset(
+        source, "train", (16,), 4, seed=0, repeat=False, drop_remainder=False, cache=cache
+    )
+    labels = [int(y) for b in ds for y in b["label"]]
+    assert sorted(labels) == [0] * 5 + [1] * 5 + [2] * 5
+
+
+def test_iterator_checkpoint_restores_the_stream(image_folder, tmp_path):
+    def pipeline() -> tf.data.Dataset:
+        return build_train_dataset(image_folder.spec, "train", (16, 32), 4, seed=5, cache=False)
+
+    it = iter(pipeline())
+    for _ in range(5):
+        next(it)
+    path = tf.train.Checkpoint(data=it).save(str(tmp_path / "ckpt"))
+    want = [next(it)["images"][16].numpy() for _ in range(3)]
+    restored = iter(pipeline())
+    tf.train.Checkpoint(data=restored).restore(path)
+    for expected in want:
+        np.testing.assert_array_equal(next(restored)["images"][16].numpy(), expected)

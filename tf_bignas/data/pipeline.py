@@ -30,18 +30,26 @@ Determinism: with a seed, the order and every random crop, flip and
 augmentation are fixed: shuffling is seeded and augmentation uses stateless
 random ops keyed on (seed, input pipeline, example position in the stream).
 
-Caching: small datasets (decoded size at most `CACHE_LIMIT_BYTES` per input
-pipeline, e.g. CIFAR-10 or the embedded digits) are decoded once and kept in
-memory; large ones (ImageNet) are decoded every epoch with JPEG
-decode-and-crop, which only decodes the crop window.
+Caching and shuffling: small datasets (decoded size at most
+`CACHE_LIMIT_BYTES` per input pipeline, e.g. CIFAR-10 or the embedded digits)
+are decoded once into memory; large image folders (ImageNet) are decoded every
+epoch with JPEG decode-and-crop, which decodes only the crop window. Both are
+shuffled in full through a shuffle of their indices, so the pipeline starts at
+once and a checkpointed iterator (`tf.train.Checkpoint(data=iterator)`) stores
+int64 indices, not images. TFDS sources that are not cached are read
+sequentially through a `shuffle_buffer` of encoded images (TFDS also shuffles
+its files), whose contents a checkpointed iterator does store.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from tf_bignas.data import augment as augment_lib
@@ -50,7 +58,7 @@ from tf_bignas.data.normalization import DEFAULT_NORMALIZATION, Normalization
 from tf_bignas.search_space import SearchSpace
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
-SHUFFLE_BUFFER_LIMIT = 50_000
+DEFAULT_SHUFFLE_BUFFER = 10_000
 _MAX_SEED = 2**31 - 1
 
 CacheOption = bool | str
@@ -83,15 +91,66 @@ def _should_cache(cache: CacheOption, decoded_bytes: int | None, num_shards: int
         return decoded_bytes is not None and decoded_bytes / num_shards <= CACHE_LIMIT_BYTES
     if isinstance(cache, bool):
         return cache
-    if isinstance(cache, str) and cache:
-        return True
-    raise ValueError(f"cache must be 'auto', True, False or a file path, got {cache!r}")
+    raise ValueError(f"cache must be 'auto', True or False, got {cache!r}")
 
 
-def _cache(ds: tf.data.Dataset, cache: CacheOption, shard_index: int) -> tf.data.Dataset:
-    if isinstance(cache, str) and cache != "auto":
-        return ds.cache(f"{cache}.shard{shard_index}")
-    return ds.cache()
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    """Random-access examples: `image(i)` (pixels or a path) and `label(i)`."""
+
+    kind: str
+    image: Callable[[tf.Tensor], tf.Tensor]
+    label: Callable[[tf.Tensor], tf.Tensor]
+    size: int
+
+
+def _pixel_table(images: Sequence[np.ndarray], labels: np.ndarray) -> _Table:
+    """Decoded images held in memory: stacked when they share a shape, else ragged."""
+    label_table = tf.constant(np.asarray(labels, np.int32))
+    if isinstance(images, np.ndarray) or len({x.shape for x in images}) == 1:
+        stacked = tf.constant(np.asarray(images, np.uint8))
+        image = functools.partial(tf.gather, stacked)
+    else:
+        sizes = np.asarray([x.size for x in images], np.int64)
+        offsets = tf.constant(np.concatenate([[0], np.cumsum(sizes)]))
+        shapes = tf.constant(np.asarray([x.shape for x in images], np.int32))
+        flat = tf.constant(np.concatenate([x.reshape(-1) for x in images]))
+
+        def image(i: tf.Tensor) -> tf.Tensor:
+            return tf.reshape(flat[offsets[i] : offsets[i + 1]], shapes[i])
+
+    return _Table("pixels", image, functools.partial(tf.gather, label_table), len(labels))
+
+
+def _decoded_table(examples: sources.Examples, strict: bool) -> _Table:
+    """Decodes a (small) shard once into memory."""
+    if examples.kind == "pixels" and examples.items is not None:
+        return _pixel_table(examples.items, examples.labels)
+    ds = examples.dataset
+    if examples.kind != "pixels":
+        ds = ds.map(_decode_map(examples.kind), num_parallel_calls=tf.data.AUTOTUNE)
+        if not examples.validated and not strict:
+            ds = ds.ignore_errors(log_warning=True)
+    images, labels = [], []
+    for image, label in ds.as_numpy_iterator():
+        images.append(image)
+        labels.append(label)
+    if not images:
+        raise sources.DataSourceError(
+            f"no decodable images in split {examples.info.split!r} of {examples.info.source!r}"
+        )
+    return _pixel_table(images, np.asarray(labels, np.int32))
+
+
+def _path_table(examples: sources.Examples) -> _Table:
+    paths = tf.constant([str(p) for p in examples.items])
+    labels = tf.constant(np.asarray(examples.labels, np.int32))
+    return _Table(
+        "path",
+        functools.partial(tf.gather, paths),
+        functools.partial(tf.gather, labels),
+        len(examples.items),
+    )
 
 
 def _options(deterministic: bool, sharded_by_us: bool) -> tf.data.Options:
@@ -131,6 +190,7 @@ def build_train_dataset(
     crop_scale: Sequence[float] = transforms.DEFAULT_CROP_SCALE,
     normalization: Normalization = DEFAULT_NORMALIZATION,
     drop_remainder: bool = True,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
 ) -> tf.data.Dataset:
     """Builds the multi-resolution training pipeline (shared patch per example).
 
@@ -150,11 +210,13 @@ def build_train_dataset(
         strict: Folder sources: fail on an unreadable file instead of skipping it.
         space: If given, each resolution must be one of its training resolutions.
         repeat: Repeat indefinitely (True) or stop after one pass.
-        cache: "auto" (cache decoded images in memory when small), True, False,
-            or a file path prefix to cache decoded images on disk.
+        cache: "auto" (decode once into memory when the decoded shard is at
+            most `CACHE_LIMIT_BYTES`), True (always) or False (decode every epoch).
         crop_scale: (min, max) area fraction of the random resized crop.
         normalization: The input normalisation.
         drop_remainder: Drop the last partial batch (static batch shape).
+        shuffle_buffer: Shuffle buffer of sequential sources (TFDS); folders and
+            in-memory data are shuffled in full through their indices.
 
     Returns:
         A dataset of `{"images": {res: float32 [B, res, res, 3]}, "label": int32 [B]}`
@@ -175,6 +237,12 @@ def build_train_dataset(
     base = _check_resolution(base_resolution or max(res), "base_resolution")
     _check_batch_size(batch_size)
     augment_lib.check_augment_name(augment)
+    if (
+        isinstance(shuffle_buffer, bool)
+        or not isinstance(shuffle_buffer, int)
+        or shuffle_buffer < 1
+    ):
+        raise ValueError(f"shuffle_buffer must be a positive int, got {shuffle_buffer!r}")
     if len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
         raise ValueError(
             f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {crop_scale}"
@@ -196,28 +264,19 @@ def build_train_dataset(
             f"split {split!r} of {src.spec!r} has {examples.num_examples} examples in this "
             f"input pipeline, fewer than one batch of {per_replica}; expected at least one batch"
         )
-    ds, kind = examples.dataset, examples.kind
+    table = None
     if _should_cache(cache, examples.info.decoded_bytes, num_shards):
-        if kind != "pixels":
-            ds = ds.map(_decode_map(kind), num_parallel_calls=tf.data.AUTOTUNE)
-            if not examples.validated and not strict:
-                ds = ds.ignore_errors(log_warning=True)
-            kind = "pixels"
-        ds = _cache(ds, cache, shard_index)
-        buffer = min(examples.num_examples, SHUFFLE_BUFFER_LIMIT)
-    else:
-        # Paths are tiny: shuffle the whole list. Encoded records: a bounded buffer.
-        limit = examples.num_examples if kind == "path" else SHUFFLE_BUFFER_LIMIT // 5
-        buffer = min(examples.num_examples, limit)
-    ds = ds.shuffle(buffer, seed=base_seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+        table = _decoded_table(examples, strict)
+    elif examples.items is not None:
+        table = (
+            _path_table(examples) if examples.kind == "path" else _decoded_table(examples, strict)
+        )
+    kind = table.kind if table is not None else examples.kind
     stream_seed = tf.constant([base_seed, shard_index], tf.int64)
 
-    def make_patch(position: tf.Tensor, example: tuple[tf.Tensor, tf.Tensor]) -> Any:
-        image, label = example
+    def make_patch(position: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
         element_seed = tf.random.experimental.stateless_fold_in(stream_seed, position)
-        patch = transforms.train_patch(
+        return transforms.train_patch(
             image,
             element_seed,
             base_resolution=base,
@@ -225,9 +284,29 @@ def build_train_dataset(
             augment=augment,
             crop_scale=crop_scale,
         )
-        return patch, label
 
-    ds = ds.enumerate().map(make_patch, num_parallel_calls=tf.data.AUTOTUNE)
+    if table is not None:
+        # Shuffle indices, not images: a full-size buffer of int64s is cheap to
+        # fill and to checkpoint.
+        ds = tf.data.Dataset.range(table.size)
+        ds = ds.shuffle(table.size, seed=base_seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.enumerate().map(
+            lambda pos, i: (make_patch(pos, table.image(i)), table.label(i)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        ds = examples.dataset.shuffle(
+            min(shuffle_buffer, examples.num_examples),
+            seed=base_seed,
+            reshuffle_each_iteration=True,
+        )
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.enumerate().map(
+            lambda pos, ex: (make_patch(pos, ex[0]), ex[1]), num_parallel_calls=tf.data.AUTOTUNE
+        )
     if kind != "pixels" and not examples.validated and not strict:
         ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(per_replica, drop_remainder=drop_remainder)
@@ -276,7 +355,8 @@ def build_eval_dataset(
         minival: Minival size (number or fraction of train images), or None.
         strict: Folder sources: fail on an unreadable file instead of skipping it.
         space: If given, the resolution must be one the space allows.
-        cache: "auto", True, False or a file path prefix (see `build_train_dataset`).
+        cache: "auto" (keep the resized images in memory when they take at most
+            `CACHE_LIMIT_BYTES`), True or False.
         normalization: The input normalisation.
         drop_remainder: Drop the last partial batch.
 
@@ -309,7 +389,7 @@ def build_eval_dataset(
         ds = ds.ignore_errors(log_warning=True)
     cached_bytes = examples.num_examples * resolution * resolution * 3
     if _should_cache(cache, cached_bytes, 1):
-        ds = _cache(ds, cache, shard_index)
+        ds = ds.cache()
     ds = ds.batch(per_replica, drop_remainder=drop_remainder)
 
     def finish(images: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:

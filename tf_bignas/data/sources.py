@@ -118,6 +118,9 @@ class Examples:
         info: The split's info (whole split, not just this shard).
         num_examples: Examples in this shard.
         validated: Whether every image is known to decode.
+        items: The same images as an array for random access (file paths, or
+            uint8 pixels [N, H, W, 3]), or None for sequential-only sources.
+        labels: int32 labels [N] matching `items`, or None.
     """
 
     dataset: tf.data.Dataset
@@ -125,6 +128,8 @@ class Examples:
     info: DataInfo
     num_examples: int
     validated: bool
+    items: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 def check_minival(minival: int | float | None) -> None:
@@ -501,7 +506,15 @@ class FolderSource(Source):
         paths, labels, _ = self._split_data(split)
         paths, labels = paths[shard_index::num_shards], labels[shard_index::num_shards]
         ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-        return Examples(ds, "path", self.info(split), len(paths), validated=self.validate)
+        return Examples(
+            ds,
+            "path",
+            self.info(split),
+            len(paths),
+            validated=self.validate,
+            items=np.asarray(paths, dtype=object),
+            labels=labels,
+        )
 
 
 def embedded_data_path() -> str:
@@ -597,9 +610,17 @@ class EmbeddedSource(Source):
         _check_shard(num_shards, shard_index)
         images, labels = self._load()
         idx = self._indices(split)[shard_index::num_shards]
-        ds = tf.data.Dataset.from_tensor_slices((images[idx][..., None], labels[idx]))
-        ds = ds.map(lambda x, y: (tf.image.grayscale_to_rgb(x), y))
-        return Examples(ds, "pixels", self.info(split), int(idx.size), validated=True)
+        rgb = np.repeat(images[idx][..., None], 3, axis=-1)
+        ds = tf.data.Dataset.from_tensor_slices((rgb, labels[idx]))
+        return Examples(
+            ds,
+            "pixels",
+            self.info(split),
+            int(idx.size),
+            validated=True,
+            items=rgb,
+            labels=labels[idx],
+        )
 
 
 class TfdsSource(Source):
