@@ -27,6 +27,14 @@ def _cifar_members() -> tuple[str, ...]:
     return tuple(names)
 
 
+@pytest.fixture
+def isolated_index_cache(tmp_path, monkeypatch) -> pathlib.Path:
+    """Points the folder sources' decode-check cache ($XDG_CACHE_HOME) at a temp dir."""
+    cache = tmp_path / "xdg_cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def cifar_jpegs() -> dict[str, bytes]:
     """A few CIFAR-10 JPEG files from ../shared/data, as {member name: bytes}."""

@@ -7,7 +7,11 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("isolated_index_cache")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -18,6 +18,8 @@ from tf_bignas.data import (
 )
 from tf_bignas.search_space import InvalidArchError, get_space
 
+pytestmark = pytest.mark.usefixtures("isolated_index_cache")
+
 
 def _pixels(x: tf.Tensor) -> np.ndarray:
     """Normalised network input back to [0, 255] pixels."""

@@ -13,6 +13,8 @@ import tensorflow_datasets as tfds
 
 from tf_bignas.data import sources, transforms
 
+pytestmark = pytest.mark.usefixtures("isolated_index_cache")
+
 
 def _read_all(examples: sources.Examples) -> list[tuple[np.ndarray, int]]:
     out = []
@@ -238,3 +240,29 @@ def test_tfds_unknown_and_unprepared(tmp_path):
         sources.open_source("tfds:no_such_dataset_x", data_dir=str(tmp_path))
     with pytest.raises(sources.DataSourceError, match=r"'mnist' is not prepared in .*"):
         sources.open_source("tfds:mnist", data_dir=str(tmp_path))
+
+
+def test_folder_decode_checks_are_cached(image_folder, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    shutil.copytree(image_folder.root, root)
+    cache = str(tmp_path / "checks")
+    first = sources.FolderSource(str(root), index_cache_dir=cache).info("train")
+    calls = []
+    real = sources._decode_status
+
+    def spy(paths):
+        calls.append(list(paths))
+        return real(paths)
+
+    monkeypatch.setattr(sources, "_decode_status", spy)
+    second = sources.FolderSource(str(root), index_cache_dir=cache).info("train")
+    assert calls == [[]]  # Nothing decoded again.
+    assert second.skipped == first.skipped and second.num_examples == first.num_examples
+    assert second.decoded_bytes == first.decoded_bytes
+    damaged = root / "train" / "ship" / "0002.jpg"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    third = sources.FolderSource(str(root), index_cache_dir=cache).info("train")
+    assert calls[-1] == [str(damaged)]  # Only the changed file.
+    assert sorted(s.path for s in third.skipped) == sorted(
+        [str(root / "train" / "cat" / "truncated.jpg"), str(damaged)]
+    )

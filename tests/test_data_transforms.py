@@ -9,6 +9,8 @@ import tensorflow as tf
 from tf_bignas.data import transforms
 from tf_bignas.data.normalization import DEFAULT_NORMALIZATION, Normalization
 
+pytestmark = pytest.mark.usefixtures("isolated_index_cache")
+
 
 @pytest.fixture(scope="module")
 def jpeg(cifar_jpegs) -> bytes:

@@ -13,11 +13,11 @@ resolutions anyway. A fixed element structure keeps the training step traced
 once (a per-step subset would retrace per subset, or force padding), and it
 keeps the input pipeline independent of the architecture sampler, whose
 random state then lives in one place. The extra cost is small: the patches
-are made once per batch from the base patch with one bicubic resize each (a
-few percent of the pipeline's time, see `benchmarks/README.md`).
+are made once per batch from the base patch with one bicubic resize each
+(under a tenth of the pipeline's time on CIFAR-10, see `benchmarks/README.md`).
 
 The resizes run per batch, after batching: one batched resize per resolution
-is faster than one per image (measured in `benchmarks/data_pipeline.py`).
+is about 3x faster than one per image (measured by `benchmarks/data_pipeline.py`).
 
 Evaluation elements: `{"image": float32 [B, r, r, 3], "label": int32 [B]}`.
 

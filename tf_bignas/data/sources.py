@@ -8,9 +8,12 @@ A source is named by a string:
   its split is first indexed, with the very decoder the pipeline uses (about 2
   s for CIFAR-10's 50,000 JPEGs on 2 cores); unreadable files are skipped,
   named in a warning and reported in `DataInfo.skipped`, or, with
-  ``strict=True``, raise `CorruptImageError`. ``validate=False`` skips this
-  pass for very large folders: corrupt files are then dropped while reading,
-  with TensorFlow's warning but without their names.
+  ``strict=True``, raise `CorruptImageError`. The results are cached on disk
+  by (path, size, mtime) (`default_index_cache_dir()`), so indexing the same
+  folder again, e.g. for each evaluation pipeline or the next run, only
+  decodes new or changed files. ``validate=False`` skips the pass: corrupt
+  files are then dropped while reading, with TensorFlow's warning but
+  without their names. Hidden entries (".name") are ignored.
 - ``"tfds:NAME"``: a prepared TFDS dataset (e.g. ``imagenet2012``) in
   ``data_dir`` (local or ``gs://``). Nothing is downloaded. Images are read
   encoded and decoded by the pipeline.
@@ -37,6 +40,7 @@ import dataclasses
 import gzip
 import hashlib
 import importlib.resources
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -287,6 +291,82 @@ def _decode_error(path: str) -> str:
     return "unreadable (decoding failed in the indexing pass)"
 
 
+def default_index_cache_dir() -> str:
+    """Where folder sources keep their decode-check results: $XDG_CACHE_HOME or ~/.cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tf_bignas", "folder_index")
+
+
+def _file_keys(paths: Sequence[str]) -> np.ndarray | None:
+    """64-bit keys of (path, size, mtime) per local file; None if any stat fails."""
+    keys = np.empty(len(paths), np.int64)
+    try:
+        for i, path in enumerate(paths):
+            st = os.stat(path)
+            text = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+            keys[i] = int.from_bytes(hashlib.sha1(text).digest()[:8], "little", signed=True)
+    except OSError:
+        return None
+    return keys
+
+
+def _checked_files(
+    paths: Sequence[str], split_dir: str, cache_dir: str | None
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """(ok mask, decoded bytes, {path: reason} for failures), reusing cached checks.
+
+    Results are cached per file, keyed by (absolute path, size, mtime), in one
+    .npz file per split folder under `cache_dir`; changed or new files are
+    checked again. Remote folders (gs://...) and `cache_dir=None` skip the cache.
+    """
+    local = "://" not in split_dir
+    keys = _file_keys(paths) if cache_dir and local else None
+    cache_file = None
+    known_bytes: dict[int, int] = {}
+    known_reasons: dict[str, str] = {}
+    if keys is not None:
+        digest = hashlib.sha1(os.path.abspath(split_dir).encode()).hexdigest()[:20]
+        cache_file = os.path.join(cache_dir, f"{digest}.npz")
+        try:
+            with np.load(cache_file) as cached:
+                known_bytes = dict(zip(cached["keys"].tolist(), cached["nbytes"].tolist()))
+                known_reasons = json.loads(str(cached["reasons"]))
+        except (OSError, KeyError, ValueError):
+            known_bytes, known_reasons = {}, {}
+    ok = np.zeros(len(paths), bool)
+    nbytes = np.zeros(len(paths), np.int64)
+    todo = list(range(len(paths)))
+    if keys is not None:
+        todo = [i for i, k in enumerate(keys.tolist()) if k not in known_bytes]
+        for i, k in enumerate(keys.tolist()):
+            if k in known_bytes:
+                ok[i] = known_bytes[k] >= 0
+                nbytes[i] = max(known_bytes[k], 0)
+    new_ok, new_bytes = _decode_status([paths[i] for i in todo])
+    reasons = {}
+    for j, i in enumerate(todo):
+        ok[i], nbytes[i] = new_ok[j], new_bytes[j]
+        if not new_ok[j]:
+            reasons[paths[i]] = _decode_error(paths[i])
+    for i in np.flatnonzero(~ok):
+        if paths[i] not in reasons:
+            reasons[paths[i]] = known_reasons.get(paths[i], "failed to decode (cached result)")
+    if cache_file is not None and todo:
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = f"{cache_file}.{os.getpid()}.tmp.npz"
+            np.savez(
+                tmp,
+                keys=keys,
+                nbytes=np.where(ok, nbytes, -1),
+                reasons=np.array(json.dumps(reasons)),
+            )
+            os.replace(tmp, cache_file)
+        except OSError as e:
+            logging.info("Not caching image checks of %s: %s", split_dir, e)
+    return ok, nbytes, reasons
+
+
 @dataclasses.dataclass(frozen=True)
 class _FolderSplit:
     paths: tuple[str, ...]
@@ -305,6 +385,7 @@ class FolderSource(Source):
         minival: int | float | None = None,
         strict: bool = False,
         validate: bool = True,
+        index_cache_dir: str | None = "default",
     ) -> None:
         """Opens an image folder.
 
@@ -314,6 +395,9 @@ class FolderSource(Source):
             strict: Raise `CorruptImageError` on an unreadable file instead of
                 skipping it.
             validate: Decode every file once when a split is indexed.
+            index_cache_dir: Where decode checks are cached by (path, size,
+                mtime), so that indexing again only decodes new or changed
+                files; "default" for `default_index_cache_dir()`, None for no cache.
 
         Raises:
             FileNotFoundError: If `root` is not a directory.
@@ -327,6 +411,9 @@ class FolderSource(Source):
         self.root = root
         self.strict = strict
         self.validate = validate
+        if index_cache_dir == "default":
+            index_cache_dir = default_index_cache_dir()
+        self.index_cache_dir = index_cache_dir
         self._indexed: dict[str, _FolderSplit] = {}
         self._class_names: tuple[str, ...] | None = None
 
@@ -335,7 +422,8 @@ class FolderSource(Source):
             sorted(
                 d.rstrip("/")
                 for d in tf.io.gfile.listdir(self.root)
-                if tf.io.gfile.isdir(os.path.join(self.root, d.rstrip("/")))
+                if not d.startswith(".")
+                and tf.io.gfile.isdir(os.path.join(self.root, d.rstrip("/")))
             )
         )
 
@@ -350,7 +438,8 @@ class FolderSource(Source):
             sorted(
                 d.rstrip("/")
                 for d in tf.io.gfile.listdir(split_dir)
-                if tf.io.gfile.isdir(os.path.join(split_dir, d.rstrip("/")))
+                if not d.startswith(".")
+                and tf.io.gfile.isdir(os.path.join(split_dir, d.rstrip("/")))
             )
         )
 
@@ -419,9 +508,8 @@ class FolderSource(Source):
         skipped: list[SkippedFile] = []
         decoded_bytes = None
         if self.validate:
-            ok, nbytes = _decode_status(paths)
-            for i in np.flatnonzero(~ok):
-                skipped.append(SkippedFile(paths[i], _decode_error(paths[i])))
+            ok, nbytes, reasons = _checked_files(paths, split_dir, self.index_cache_dir)
+            skipped = [SkippedFile(paths[i], reasons[paths[i]]) for i in np.flatnonzero(~ok)]
             if skipped and self.strict:
                 first = skipped[0]
                 raise CorruptImageError(
