@@ -183,6 +183,7 @@ def main(argv: list[str]) -> None:
     del argv
     bs = _BATCH.value
     print(f"tf {tf.__version__}, {os.cpu_count()} CPUs, batch {bs}, augment {_AUGMENT.value}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
     setups = (
         ("cifar10 folder", f"folder:{_ensure_cifar(_CIFAR_DIR.value)}", "bignas_cifar"),
         ("embedded", "embedded", "bignas_tiny"),
@@ -200,6 +201,7 @@ def main(argv: list[str]) -> None:
         step, which = _step_rate(space, next(iter(ds)), _STEPS.value)
         print(f"  sandwich step ({which}) on {space_name} {res}: {step:.0f} images/s")
         rows.append((name, space_name, res, pipe, step))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     print()
     print("| source | space (resolutions) | pipeline img/s | step img/s | ratio |")
     print("|---|---|---|---|---|")

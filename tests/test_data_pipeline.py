@@ -205,3 +205,27 @@ def test_iterator_checkpoint_restores_the_stream(image_folder, tmp_path):
     tf.train.Checkpoint(data=restored).restore(path)
     for expected in want:
         np.testing.assert_array_equal(next(restored)["images"][16].numpy(), expected)
+
+
+def test_in_memory_images_of_mixed_sizes(cifar_jpegs, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from tf_bignas.data import pipeline, transforms
+
+    for cls, sizes in (("a", ((48, 20), (32, 32))), ("b", ((20, 40), (32, 32)))):
+        folder = tmp_path / "train" / cls
+        folder.mkdir(parents=True)
+        photo = Image.open(io.BytesIO(cifar_jpegs[f"train/cat/000{len(cls)}.jpg"]))
+        for k, size in enumerate(sizes):
+            photo.resize(size, Image.BICUBIC).save(folder / f"{k}.png")
+    source = open_source(f"folder:{tmp_path}")
+    examples = source.examples("train")
+    table = pipeline._decoded_table(examples, strict=False)
+    for i, (path, label) in enumerate(examples.dataset.as_numpy_iterator()):
+        expected = transforms.decode_rgb(tf.io.read_file(path)).numpy()
+        np.testing.assert_array_equal(table.image(i).numpy(), expected)
+        assert int(table.label(i)) == label
+    ds = build_train_dataset(source, "train", (16, 24), 2, cache=True, repeat=False, seed=0)
+    assert [b["images"][24].shape for b in ds] == [(2, 24, 24, 3)] * 2

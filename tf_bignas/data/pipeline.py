@@ -104,42 +104,50 @@ class _Table:
     size: int
 
 
-def _pixel_table(images: Sequence[np.ndarray], labels: np.ndarray) -> _Table:
-    """Decoded images held in memory: stacked when they share a shape, else ragged."""
+def _pixel_table(flat: np.ndarray, shapes: np.ndarray, labels: np.ndarray) -> _Table:
+    """Decoded images held in memory, from their concatenated pixels and shapes.
+
+    Images of one shape are stored stacked; mixed shapes as one flat buffer
+    with offsets.
+    """
     label_table = tf.constant(np.asarray(labels, np.int32))
-    if isinstance(images, np.ndarray) or len({x.shape for x in images}) == 1:
-        stacked = tf.constant(np.asarray(images, np.uint8))
+    shapes = np.asarray(shapes, np.int64).reshape(-1, 3)
+    if len(np.unique(shapes, axis=0)) == 1:
+        stacked = tf.constant(np.asarray(flat, np.uint8).reshape(-1, *shapes[0]))
         image = functools.partial(tf.gather, stacked)
     else:
-        sizes = np.asarray([x.size for x in images], np.int64)
-        offsets = tf.constant(np.concatenate([[0], np.cumsum(sizes)]))
-        shapes = tf.constant(np.asarray([x.shape for x in images], np.int32))
-        flat = tf.constant(np.concatenate([x.reshape(-1) for x in images]))
+        offsets = tf.constant(np.concatenate([[0], np.cumsum(np.prod(shapes, axis=1))]))
+        shape_table = tf.constant(shapes)
+        flat_table = tf.constant(np.asarray(flat, np.uint8))
 
         def image(i: tf.Tensor) -> tf.Tensor:
-            return tf.reshape(flat[offsets[i] : offsets[i + 1]], shapes[i])
+            return tf.reshape(flat_table[offsets[i] : offsets[i + 1]], shape_table[i])
 
     return _Table("pixels", image, functools.partial(tf.gather, label_table), len(labels))
 
 
 def _decoded_table(examples: sources.Examples, strict: bool) -> _Table:
-    """Decodes a (small) shard once into memory."""
+    """Decodes a (small) shard once into memory, in parallel and in large batches."""
     if examples.kind == "pixels" and examples.items is not None:
-        return _pixel_table(examples.items, examples.labels)
+        items = np.asarray(examples.items)
+        return _pixel_table(items, np.tile(items.shape[1:], (len(items), 1)), examples.labels)
     ds = examples.dataset
     if examples.kind != "pixels":
         ds = ds.map(_decode_map(examples.kind), num_parallel_calls=tf.data.AUTOTUNE)
         if not examples.validated and not strict:
             ds = ds.ignore_errors(log_warning=True)
-    images, labels = [], []
-    for image, label in ds.as_numpy_iterator():
-        images.append(image)
-        labels.append(label)
-    if not images:
+    ds = ds.map(lambda x, y: (tf.reshape(x, [-1]), tf.shape(x), y))
+    flats, shapes, labels = [], [], []
+    for flat, shape, label in ds.ragged_batch(4096):
+        values = flat.flat_values if isinstance(flat, tf.RaggedTensor) else flat
+        flats.append(tf.reshape(values, [-1]).numpy())
+        shapes.append(shape.numpy())
+        labels.append(label.numpy())
+    if not labels:
         raise sources.DataSourceError(
             f"no decodable images in split {examples.info.split!r} of {examples.info.source!r}"
         )
-    return _pixel_table(images, np.asarray(labels, np.int32))
+    return _pixel_table(np.concatenate(flats), np.concatenate(shapes), np.concatenate(labels))
 
 
 def _path_table(examples: sources.Examples) -> _Table:
