@@ -77,9 +77,12 @@ def test_png_and_jpeg_paths_decode_to_rgb(image_folder):
         assert out.shape == (24, 24, 3) and out.dtype == tf.uint8
 
 
-def test_resize_patches_shares_one_patch():
-    patches = tf.cast(tf.random.stateless_uniform([2, 32, 32, 3], [0, 1], maxval=256), tf.uint8)
+def test_resize_patches_shares_one_patch(cifar_jpegs):
+    patches = tf.stack(
+        [transforms.decode_rgb(cifar_jpegs[f"test/{c}/0000.jpg"]) for c in ("cat", "ship")]
+    )
     out = transforms.resize_patches(patches, (16, 32))
+    assert set(out) == {16, 32} and out[16].dtype == tf.float32
     np.testing.assert_array_equal(out[32].numpy(), patches.numpy().astype(np.float32))
     expected = tf.image.resize(tf.cast(patches, tf.float32), [16, 16], "bicubic", antialias=True)
     np.testing.assert_allclose(out[16], np.round(np.clip(expected, 0, 255)), atol=1e-4)
