@@ -227,15 +227,28 @@ class DynamicBatchNorm(keras.layers.Layer):
         self.moving_variance = self.add_weight(
             name="moving_variance", shape=(max_ch,), initializer="ones", trainable=False
         )
-        # Exact cumulative sums for calibration: sum of x, sum of x^2, count.
+        # Exact cumulative sums for calibration: sum of x, sum of x^2, count. They
+        # are accumulated from all-reduced sums, so every replica holds the same.
         self.calib_sum = self.add_weight(
-            name="calib_sum", shape=(max_ch,), initializer="zeros", trainable=False
+            name="calib_sum",
+            shape=(max_ch,),
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
         )
         self.calib_sqsum = self.add_weight(
-            name="calib_sqsum", shape=(max_ch,), initializer="zeros", trainable=False
+            name="calib_sqsum",
+            shape=(max_ch,),
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
         )
         self.calib_count = self.add_weight(
-            name="calib_count", shape=(), initializer="zeros", trainable=False
+            name="calib_count",
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
         )
         self.built = True
 

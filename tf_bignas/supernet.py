@@ -50,14 +50,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_bignas.files import atomic_write_bytes
 from tf_bignas.layers import (
     BN_MODES,
     MODES,
@@ -123,12 +122,7 @@ class BNStatsStore:
         arrays["index"] = np.frombuffer(json.dumps(index).encode(), dtype=np.uint8)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str) -> BNStatsStore:
@@ -365,7 +359,8 @@ class Supernet(keras.Model):
         arch: ArchConfig | ArchTensors | None = None,
         training: bool = False,
         bn_mode: str | None = None,
-        dropout: bool = False,
+        dropout: bool | tf.Tensor = False,
+        dropout_seed: tf.Tensor | None = None,
     ) -> tf.Tensor:
         """Runs one child.
 
@@ -375,7 +370,11 @@ class Supernet(keras.Model):
             training: Training mode (BN batch statistics unless `bn_mode` says otherwise).
             bn_mode: "batch", "stored" or "calibrate"; default "batch" when training,
                 else "stored".
-            dropout: Apply dropout before the classifier (only when training).
+            dropout: Apply dropout before the classifier (only when training); a
+                bool, or a 0/1 float tensor (needs `dropout_seed`) so that one
+                trace serves children with and without dropout.
+            dropout_seed: Optional [2] int seed for stateless (reproducible,
+                resumable) dropout; stateful dropout if None.
 
         Returns:
             [B, num_classes] logits.
@@ -423,8 +422,18 @@ class Supernet(keras.Model):
             self.head_bn(x, bn_mode=bn_mode, mode=mode, ch=head), self.max_plan.activation
         )
         x = tf.reduce_mean(x, axis=[1, 2])
-        if dropout and training and self.dropout_rate > 0:
-            x = tf.nn.dropout(x, rate=self.dropout_rate)
+        if isinstance(dropout, tf.Tensor) and training and self.dropout_rate > 0:
+            if dropout_seed is None:
+                raise ValueError("a tensor-valued dropout switch needs dropout_seed")
+            rate = self.dropout_rate * tf.cast(dropout, x.dtype)
+            x = tf.nn.experimental.stateless_dropout(x, rate=rate, seed=dropout_seed)
+        elif dropout is True and training and self.dropout_rate > 0:
+            if dropout_seed is None:
+                x = tf.nn.dropout(x, rate=self.dropout_rate)
+            else:
+                x = tf.nn.experimental.stateless_dropout(
+                    x, rate=self.dropout_rate, seed=dropout_seed
+                )
         return self.classifier(x)
 
     # ---- per-child BN statistics ----------------------------------------------

@@ -1,0 +1,36 @@
+"""CIFAR-10 from the shared JPEG folders, on a CIFAR-sized space: about an hour on 2 CPU cores.
+
+Launch (unpack the data first, see ../shared/data/README.md):
+    mkdir -p /tmp/cifar10 && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C /tmp/cifar10
+    python -m pipelines.train --config=configs/cifar10.py --workdir=/tmp/bignas_cifar10
+
+Space `bignas_cifar` (stride-1 stem, 4 stages) at training resolutions 24 and
+32; held-out split "test" (10,000 images). The paper's recipe (sandwich rule,
+inplace distillation, RMSProp, exponential decay with a constant ending, zero
+init, stage shortcuts) at a CPU-sized batch and a few epochs. Point
+`--config.data.source=folder:PATH` elsewhere if the data is not in /tmp/cifar10.
+"""
+
+from tf_bignas.train_config import default_config
+
+
+def get_config():
+    """Returns the CIFAR-10 config."""
+    c = default_config()
+    c.model.space = "bignas_cifar"
+    c.data.source = "folder:/tmp/cifar10"
+    c.data.eval_split = "test"
+    c.data.augment = "none"
+    c.data.crop_scale = (0.35, 1.0)
+    c.optimizer.reference_batch = 4096
+    c.optimizer.base_lr = 0.256 * 4  # short run: 4x the paper's per-image LR
+    c.schedule.warmup_epochs = 0.5
+    c.schedule.decay_epochs = 0.4
+    c.train.batch_size = 128
+    c.train.epochs = 8.0
+    c.train.log_every = 50
+    c.train.checkpoint_every = 500
+    c.train.eval_every = 1000
+    c.train.calibration_batches = 32
+    c.runtime.threads = 2
+    return c

@@ -1,0 +1,337 @@
+"""The supernet training run: data, model, sandwich steps, checkpoints, evaluation.
+
+`train(config, workdir)` is what `pipelines/train.py` runs. It is resumable:
+checkpoints (`tf.train.CheckpointManager`, whose index file is replaced
+atomically) hold the model, the optimizer (and so the step), the sampler's
+seed, and the input iterator where the dataset allows it. Starting the same
+command again after a crash or a kill continues from the last checkpoint, and
+with deterministic ops the result equals an uninterrupted run: children are
+drawn from (seed, step), dropout is stateless on (seed, step), and the data
+order and augmentation are restored with the iterator.
+
+At the end the smallest and largest children are BN-calibrated and evaluated
+on the held-out split; results go to `workdir/results.json`, the calibrated
+statistics to `workdir/bn_stats.npz`, and the final supernet weights (the EMA
+weights when EMA is on) to `workdir/supernet.weights.h5`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import time
+from collections.abc import Callable
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from tf_bignas import data as data_lib
+from tf_bignas.calibration import Accuracy, ChildEvaluator
+from tf_bignas.distribute import build_strategy
+from tf_bignas.files import atomic_write_json
+from tf_bignas.optimizers import RMSpropTF
+from tf_bignas.schedules import BigNASSchedule, scaled_learning_rate
+from tf_bignas.search_space import SearchSpace, get_space
+from tf_bignas.supernet import Supernet
+from tf_bignas.train_step import SandwichOptions, SandwichStep, sample_children
+
+CHILD_NAMES = ("largest", "smallest")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A child's loss became NaN or infinite; the run stopped without saving."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        step: The global step reached.
+        finished: Whether the configured number of steps was reached.
+        accuracies: Child name -> Accuracy (empty unless finished).
+        seconds: Wall time of this process's training loop.
+    """
+
+    step: int
+    finished: bool
+    accuracies: dict[str, Accuracy]
+    seconds: float
+
+
+def build_space(config: ml_collections.ConfigDict) -> SearchSpace:
+    """The config's search space, with its resolution overrides applied."""
+    space = get_space(config.model.space)
+    if config.model.train_resolutions:
+        space = space.with_resolutions(
+            config.model.train_resolutions, config.model.resolutions or None
+        )
+    return space
+
+
+def build_supernet(
+    config: ml_collections.ConfigDict, space: SearchSpace, num_classes: int
+) -> Supernet:
+    """The supernet that the config describes."""
+    m = config.model
+    return Supernet(
+        space,
+        num_classes,
+        mode=m.mode,
+        zero_init_last_bn=m.zero_init_last_bn,
+        stage_shortcuts=m.stage_shortcuts,
+        synchronized_bn=m.synchronized_bn,
+        dropout_rate=m.dropout_rate,
+        bn_epsilon=m.bn_epsilon,
+    )
+
+
+def _minival(config: ml_collections.ConfigDict) -> int | float | None:
+    value = config.data.minival
+    if not value:
+        return None
+    return int(value) if value >= 1 else float(value)
+
+
+def _eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    max_steps: int | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Trains (or resumes) a supernet.
+
+    Args:
+        config: The resolved config (see `tf_bignas.train_config`).
+        workdir: Output folder: config.json, checkpoints/, tensorboard/,
+            results.json, bn_stats.npz.
+        max_steps: Stop cleanly once the global step reaches this (checkpoint
+            written); None runs the configured epochs.
+        strategy: Overrides `config.runtime.strategy` if given.
+        log: Where progress lines go.
+
+    Returns:
+        The TrainResult.
+
+    Raises:
+        NonFiniteLossError: If a loss becomes NaN/inf (the last good checkpoint is kept).
+        ValueError: On invalid config values (named in the message).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    rt = config.runtime
+    if rt.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(rt.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(rt.threads)
+    if rt.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    strategy = strategy or build_strategy(rt.strategy, rt.tpu)
+
+    space = build_space(config)
+    d = config.data
+    data_dir = d.data_dir or None
+    info = data_lib.dataset_info(
+        d.source, d.train_split, data_dir=data_dir, minival=_minival(config)
+    )
+    batch = config.train.batch_size
+    steps_per_epoch = max(1, info.num_examples // batch)
+    total_steps = max(1, int(round(config.train.epochs * steps_per_epoch)))
+    stop_at = min(total_steps, max_steps) if max_steps else total_steps
+
+    options = SandwichOptions(
+        num_random=config.sandwich.num_random,
+        inplace_distillation=config.sandwich.inplace_distillation,
+        label_smoothing=config.sandwich.label_smoothing,
+        weight_decay=config.sandwich.weight_decay,
+        regularize_all_children=config.sandwich.regularize_all_children,
+        seed=config.seed,
+    )
+    o, s = config.optimizer, config.schedule
+    with strategy.scope():
+        net = build_supernet(config, space, info.num_classes)
+        schedule = BigNASSchedule(
+            scaled_learning_rate(o.base_lr, batch, o.reference_batch),
+            steps_per_epoch,
+            total_steps,
+            kind=s.kind,
+            warmup_epochs=s.warmup_epochs,
+            decay_rate=s.decay_rate,
+            decay_epochs=s.decay_epochs,
+            final_lr_fraction=s.final_lr_fraction,
+            constant_ending=s.constant_ending,
+        )
+        optimizer = RMSpropTF(
+            initial_accumulator=o.initial_accumulator,
+            learning_rate=schedule,
+            rho=o.rho,
+            momentum=o.momentum,
+            epsilon=o.epsilon,
+            use_ema=o.ema,
+            ema_momentum=o.ema_decay,
+        )
+        step_fn = SandwichStep(net, optimizer, options, batch, strategy)
+        sampler_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
+
+    resolutions = space.train_resolutions
+
+    def train_input(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        return data_lib.build_train_dataset(
+            d.source,
+            d.train_split,
+            resolutions,
+            batch,
+            data_dir=data_dir,
+            augment=d.augment,
+            base_resolution=d.base_resolution or None,
+            crop_scale=tuple(d.crop_scale),
+            seed=config.seed,
+            input_context=ctx,
+            minival=_minival(config),
+            strict=d.strict,
+            space=space,
+        )
+
+    iterator = iter(strategy.distribute_datasets_from_function(train_input))
+    checkpoint = tf.train.Checkpoint(
+        model=net, optimizer=optimizer, sampler_seed=sampler_seed, data=iterator
+    )
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    manager = tf.train.CheckpointManager(
+        checkpoint, ckpt_dir, max_to_keep=config.train.keep_checkpoints
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if int(sampler_seed.numpy()) != config.seed:
+            raise ValueError(
+                f"workdir {workdir!r} holds a run with seed {int(sampler_seed.numpy())}, "
+                f"but config.seed is {config.seed}: use a new workdir or the same seed"
+            )
+        log(f"resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations)}")
+
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    evaluator = ChildEvaluator(net, strategy)
+    eval_sets: dict[tuple[str, int], object] = {}
+
+    def eval_data(split: str, res: int) -> object:
+        if (split, res) not in eval_sets:
+
+            def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+                return data_lib.build_eval_dataset(
+                    d.source,
+                    split,
+                    res,
+                    batch,
+                    data_dir=data_dir,
+                    input_context=ctx,
+                    minival=_minival(config),
+                    strict=d.strict,
+                )
+
+            eval_sets[(split, res)] = strategy.distribute_datasets_from_function(fn)
+        return eval_sets[(split, res)]
+
+    def evaluate_children() -> dict[str, Accuracy]:
+        out = {}
+        for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
+            calib = iter(eval_data(d.train_split, arch.resolution))
+            evaluator.calibrate(arch, calib, config.train.calibration_batches)
+            out[name] = evaluator.evaluate(
+                arch,
+                iter(eval_data(d.eval_split, arch.resolution)),
+                config.train.eval_batches or None,
+            )
+        return out
+
+    step = int(optimizer.iterations.numpy())
+    start_step, start = step, time.perf_counter()
+    last_log_step, last_log = step, start
+    while step < stop_at:
+        children = sample_children(net, step, options)
+        losses = step_fn(next(iterator), children, step)["losses"]
+        if not np.all(np.isfinite(losses)):
+            bad = int(np.argmin(np.isfinite(losses)))
+            kind = CHILD_NAMES[bad] if bad < 2 else f"random #{bad - 1}"
+            raise NonFiniteLossError(
+                f"non-finite loss {losses[bad]} at step {step} in the {kind} child "
+                f"({children[bad].to_paper_notation()}); stopped without saving. The last good "
+                f"checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}"
+            )
+        step += 1
+        if step % config.train.log_every == 0 or step == stop_at:
+            now = time.perf_counter()
+            ips = (step - last_log_step) * batch / max(now - last_log, 1e-9)
+            rate = (step - start_step) / max(now - start, 1e-9)
+            lr = float(schedule(step))
+            rnd = float(np.mean(losses[2:])) if len(losses) > 2 else float("nan")
+            log(
+                f"step {step}/{stop_at} loss largest {losses[0]:.4f} smallest {losses[1]:.4f} "
+                f"random {rnd:.4f} lr {lr:.4g} {ips:.0f} img/s ETA {_eta((stop_at - step) / rate)}"
+            )
+            with writer.as_default(step=step):
+                tf.summary.scalar("loss/largest", losses[0])
+                tf.summary.scalar("loss/smallest", losses[1])
+                if len(losses) > 2:
+                    tf.summary.scalar("loss/random", rnd)
+                tf.summary.scalar("lr", lr)
+                tf.summary.scalar("images_per_second", ips)
+            last_log_step, last_log = step, now
+        if step % config.train.checkpoint_every == 0 and step < stop_at:
+            manager.save(checkpoint_number=step)
+        if config.train.eval_every and step % config.train.eval_every == 0 and step < total_steps:
+            accs = evaluate_children()
+            with writer.as_default(step=step):
+                for name, acc in accs.items():
+                    tf.summary.scalar(f"eval/top1_{name}", acc.top1)
+                    tf.summary.scalar(f"eval/top5_{name}", acc.top5)
+            log(f"step {step} eval " + " ".join(f"{n} top1 {a.top1:.4f}" for n, a in accs.items()))
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
+        manager.save(checkpoint_number=step)
+    seconds = time.perf_counter() - start
+    finished = step >= total_steps
+    accuracies: dict[str, Accuracy] = {}
+    if finished:
+        if o.ema:
+            optimizer.finalize_variable_values(net.trainable_variables)
+        accuracies = evaluate_children()
+        net.bn_stats.save(os.path.join(workdir, "bn_stats.npz"))
+        weights = os.path.join(workdir, "supernet.weights.h5")
+        net.save_weights(weights + ".tmp.weights.h5")
+        os.replace(weights + ".tmp.weights.h5", weights)
+        results = {
+            "step": step,
+            "eval_split": d.eval_split,
+            "children": {
+                name: {
+                    "arch": (space.largest() if name == "largest" else space.smallest()).to_dict(),
+                    **dataclasses.asdict(acc),
+                }
+                for name, acc in accuracies.items()
+            },
+        }
+        atomic_write_json(os.path.join(workdir, "results.json"), results)
+        with writer.as_default(step=step):
+            for name, acc in accuracies.items():
+                tf.summary.scalar(f"eval/top1_{name}", acc.top1)
+        for name, acc in accuracies.items():
+            log(
+                f"{name} child: top1 {acc.top1:.4f} top5 {acc.top5:.4f} on "
+                f"{acc.num_examples} {d.eval_split!r} images (BN calibrated)"
+            )
+    writer.flush()
+    return TrainResult(step, finished, accuracies, seconds)
+
+
+def read_results(workdir: str) -> dict:
+    """Reads `workdir/results.json`."""
+    with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+        return json.load(f)
