@@ -263,6 +263,26 @@ class DynamicBatchNorm(keras.layers.Layer):
             s, sq, n = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [s, sq, n])
         return s, sq, n
 
+    def _fused_batch_norm(
+        self, x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Batch-statistics BN with the fused kernel: (y, mean, biased variance, count)."""
+        y, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x,
+            scale=gamma,
+            offset=beta,
+            mean=tf.zeros([0], x.dtype),
+            variance=tf.zeros([0], x.dtype),
+            epsilon=self.epsilon,
+            exponential_avg_factor=1.0,
+            data_format="NHWC",
+            is_training=True,
+        )
+        shape = tf.shape(x)
+        n = tf.cast(shape[0] * shape[1] * shape[2], x.dtype)
+        var = unbiased * (n - 1.0) / tf.maximum(n, 2.0)
+        return y, mean, var, n
+
     def reset_calibration(self) -> None:
         """Zeroes the calibration accumulators."""
         for v in (self.calib_sum, self.calib_sqsum, self.calib_count):
@@ -297,14 +317,24 @@ class DynamicBatchNorm(keras.layers.Layer):
         gamma, beta = take(self.gamma, [0], [c]), take(self.beta, [0], [c])
         if bn_mode == "stored":
             mean, var = self.moving_mean[:c], self.moving_variance[:c]
+            y = tf.nn.batch_normalization(x, mean, var, beta, gamma, self.epsilon)
         elif bn_mode in ("batch", "calibrate"):
-            if self.synchronized or bn_mode == "calibrate":
-                total, sq_total, n = self._batch_sums(x)
             if self.synchronized:
+                total, sq_total, n = self._batch_sums(x)
                 mean = total / n
                 var = tf.maximum(sq_total / n - tf.square(mean), 0.0)
+                y = tf.nn.batch_normalization(x, mean, var, beta, gamma, self.epsilon)
             else:
-                mean, var = tf.nn.moments(x, axes=[0, 1, 2])
+                # One fused kernel for statistics and normalisation (forward and
+                # backward): markedly cheaper than moments + batch_normalization.
+                y, mean, var, n = self._fused_batch_norm(x, gamma, beta)
+                if bn_mode == "calibrate":
+                    total, sq_total = mean * n, (var + tf.square(mean)) * n
+                    ctx = tf.distribute.get_replica_context()
+                    if ctx is not None and ctx.num_replicas_in_sync > 1:
+                        total, sq_total, n = ctx.all_reduce(
+                            tf.distribute.ReduceOp.SUM, [total, sq_total, n]
+                        )
             if bn_mode == "calibrate":
                 pad = [[0, self.max_ch - c]]
                 self.calib_sum.assign_add(tf.pad(total, pad))
@@ -312,7 +342,6 @@ class DynamicBatchNorm(keras.layers.Layer):
                 self.calib_count.assign_add(n)
         else:
             raise ValueError(f"unknown bn_mode {bn_mode!r}; allowed: {BN_MODES}")
-        y = tf.nn.batch_normalization(x, mean, var, beta, gamma, self.epsilon)
         if mode == "mask" and ch is not None:
             y = y * channel_mask(ch, self.max_ch, y.dtype)
         return y

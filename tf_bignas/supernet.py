@@ -390,6 +390,15 @@ class Supernet(keras.Model):
         if bn_mode not in BN_MODES:
             raise ValueError(f"unknown bn_mode {bn_mode!r}; allowed: {list(BN_MODES)}")
         mode = self.mode
+        # BN statistics summed across replicas (synchronized BN, calibration)
+        # cannot sit inside `tf.cond` under MirroredStrategy (its all-reduce is
+        # a merge_call), so inactive layers are then gated by multiplication.
+        ctx = tf.distribute.get_replica_context()
+        cross_replica = (
+            ctx is not None
+            and ctx.num_replicas_in_sync > 1
+            and (bn_mode == "calibrate" or (bn_mode == "batch" and self.synchronized_bn))
+        )
         widths, depths = a["widths"], a["depths"]
         x = self.stem_conv(images, widths[0], mode=mode)
         x = activation(
@@ -407,7 +416,7 @@ class Supernet(keras.Model):
             )
             if p.index == 0:
                 x = blk(x, **kwargs)
-            elif mode == "slice":
+            elif mode == "slice" and not cross_replica:
                 x = tf.cond(
                     p.index < depths[p.stage],
                     lambda blk=blk, x=x, kw=kwargs: blk(x, **kw),

@@ -117,7 +117,12 @@ class SandwichStep:
         self.global_batch_size = int(global_batch_size)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.resolutions = tuple(sorted(net.space.train_resolutions))
-        self._child_fn = tf.function(self._child_pass, jit_compile=jit_compile or None)
+        if self.strategy.num_replicas_in_sync > 1 and net.synchronized_bn and not jit_compile:
+            # A cross-replica reduction (synchronized BN) cannot run inside a
+            # nested tf.function under MirroredStrategy: inline the child pass.
+            self._child_fn = self._child_pass
+        else:
+            self._child_fn = tf.function(self._child_pass, jit_compile=jit_compile or None)
         self._step_fn = tf.function(self._distributed_step)
         # Create the optimizer's slots now: variable creation inside the first
         # call would make tf.function trace the step twice.
@@ -131,8 +136,13 @@ class SandwichStep:
 
     @property
     def child_tracing_count(self) -> int:
-        """How many times the per-child forward/backward has been traced."""
-        return self._child_fn.experimental_get_tracing_count()
+        """Traces of the per-child forward/backward (0 when it is inlined)."""
+        fn = self._child_fn
+        return (
+            fn.experimental_get_tracing_count()
+            if hasattr(fn, "experimental_get_tracing_count")
+            else 0
+        )
 
     def encode_children(self, children: Sequence[ArchConfig]) -> dict[str, np.ndarray]:
         """Stacks the children's encodings and their resolution indices.

@@ -1,0 +1,125 @@
+"""End-to-end tests of `python -m pipelines.train` on the quickstart config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_bignas.supernet import BNStatsStore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = [
+    "--config=configs/quickstart.py",
+    "--config.train.batch_size=16",
+    "--config.runtime.deterministic=True",
+]
+
+
+def _cmd(workdir, *extra):
+    return [sys.executable, "-m", "pipelines.train", f"--workdir={workdir}", *FAST, *extra]
+
+
+def _run(workdir, *extra, timeout=300):
+    return subprocess.run(
+        _cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _variables(workdir):
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+    names = sorted(
+        n
+        for n in reader.get_variable_to_shape_map()
+        if (n.startswith("model/") or n.startswith("optimizer/")) and "OBJECT_CONFIG" not in n
+    )
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    out = _run(tmp_path / "w", "--config.train.bogus_key=3")
+    assert out.returncode != 0
+    assert "bogus_key" in out.stderr
+
+
+def test_sigkill_and_restart_equals_an_uninterrupted_run(tmp_path):
+    steps = ["--max_steps=12", "--config.train.checkpoint_every=1", "--config.train.log_every=1"]
+    straight = tmp_path / "straight"
+    out = _run(straight, *steps)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "step 12/12" in out.stdout
+    config = json.loads((straight / "config.json").read_text())
+    assert config["train"]["batch_size"] == 16 and config["runtime"]["deterministic"] is True
+    assert tf.train.latest_checkpoint(str(straight / "checkpoints")).endswith("ckpt-12")
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cmd(killed, *steps), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    index = killed / "checkpoints" / "checkpoint"
+    deadline = time.time() + 240
+    while not index.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    interrupted_at = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    assert interrupted_at is not None and not interrupted_at.endswith("ckpt-12")
+
+    out = _run(killed, *steps)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stdout
+    a, b = _variables(straight), _variables(killed)
+    assert a.keys() == b.keys() and len(a) > 50
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    workdir = tmp_path / "nan"
+    out = _run(
+        workdir,
+        "--max_steps=40",
+        "--config.train.checkpoint_every=1",
+        "--config.optimizer.base_lr=1e35",
+        "--config.optimizer.initial_accumulator=0.0",
+    )
+    assert out.returncode != 0
+    assert "non-finite loss" in out.stderr and "at step" in out.stderr
+    assert "child" in out.stderr and "last good checkpoint" in out.stderr
+    for name, value in _variables(workdir).items():
+        if value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), name
+
+
+def test_a_finished_run_reports_calibrated_accuracies(tmp_path):
+    workdir = tmp_path / "done"
+    out = _run(workdir, "--config.train.epochs=0.02", "--config.train.calibration_batches=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "largest child: top1" in out.stdout and "smallest child: top1" in out.stdout
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results["children"]) == {"largest", "smallest"}
+    for child in results["children"].values():
+        assert child["num_examples"] == 1000
+        assert 0.0 <= child["top1"] <= child["top5"] <= 1.0
+    store = BNStatsStore.load(str(workdir / "bn_stats.npz"))
+    assert len(store) == 2
+    assert (workdir / "supernet.weights.h5").exists()
+    assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize(
+    "flag", ["--strategy=tpu", "--config.data.source=folder:/nonexistent/data"]
+)
+def test_bad_runtime_input_is_a_clear_error(tmp_path, flag):
+    out = _run(tmp_path / "w", flag, "--max_steps=1")
+    assert out.returncode != 0
+    assert "error:" in out.stderr
+    assert ("no TPU found" in out.stderr) or ("/nonexistent/data" in out.stderr)
