@@ -13,13 +13,16 @@ again resumes from the last checkpoint in WORKDIR.
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's C++ INFO lines quiet
 
-from tf_bignas.distribute import STRATEGIES, build_strategy
-from tf_bignas.train_lib import NonFiniteLossError, train
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tf_bignas.distribute import STRATEGIES, build_strategy  # noqa: E402
+from tf_bignas.train_lib import NonFiniteLossError, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, logs, results).")
@@ -34,6 +37,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     with config.unlocked():
         if _STRATEGY.value:

@@ -101,13 +101,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_a_finished_run_reports_calibrated_accuracies(tmp_path):
     workdir = tmp_path / "done"
-    out = _run(workdir, "--config.train.epochs=0.02", "--config.train.calibration_batches=2")
+    out = _run(
+        workdir,
+        "--config.train.epochs=0.02",  # 5 steps of 16 digits
+        "--config.train.calibration_batches=2",
+        "--config.train.eval_every=2",
+        "--config.train.eval_batches=4",
+        "--config.optimizer.ema=True",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "step 2 eval largest top1" in out.stdout and "step 4 eval" in out.stdout
     assert "largest child: top1" in out.stdout and "smallest child: top1" in out.stdout
     results = json.loads((workdir / "results.json").read_text())
     assert set(results["children"]) == {"largest", "smallest"}
     for child in results["children"].values():
-        assert child["num_examples"] == 1000
+        assert child["num_examples"] == 64  # eval_batches=4 of 16
         assert 0.0 <= child["top1"] <= child["top5"] <= 1.0
     store = BNStatsStore.load(str(workdir / "bn_stats.npz"))
     assert len(store) == 2
