@@ -7,7 +7,9 @@ Launch (unpack the data first, see ../shared/data/README.md):
 Space `bignas_cifar` (stride-1 stem, 4 stages) at training resolutions 24 and
 32; held-out split "test" (10,000 images). The paper's recipe (sandwich rule,
 inplace distillation, RMSProp, exponential decay with a constant ending, zero
-init, stage shortcuts) at a CPU-sized batch and a few epochs. Point
+init, stage shortcuts) at a CPU-sized batch of 128 (the LR scaled linearly
+from 0.256 at 4096) for 8 epochs: about 5 minutes an epoch on 2 CPU cores
+(167 images/s). Point
 `--config.data.source=folder:PATH` elsewhere if the data is not in /tmp/cifar10.
 """
 
@@ -22,10 +24,7 @@ def get_config():
     c.data.eval_split = "test"
     c.data.augment = "none"
     c.data.crop_scale = (0.35, 1.0)
-    c.optimizer.reference_batch = 4096
-    c.optimizer.base_lr = 0.256 * 4  # short run: 4x the paper's per-image LR
     c.schedule.warmup_epochs = 0.5
-    c.schedule.decay_epochs = 0.4
     c.train.batch_size = 128
     c.train.epochs = 8.0
     c.train.log_every = 50

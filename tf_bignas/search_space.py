@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -577,8 +578,6 @@ def load_arch(text_or_path: str, space: SearchSpace | None = None) -> ArchConfig
     Raises:
         InvalidArchError: If the spec cannot be read or is not in the space.
     """
-    import os
-
     space = space or bignas_mobilenetv2()
     spec = text_or_path.strip()
     if spec == "largest":

@@ -39,7 +39,7 @@ from tf_bignas.search_space import SearchSpace, get_space
 from tf_bignas.supernet import Supernet
 from tf_bignas.train_step import SandwichOptions, SandwichStep, sample_children
 
-CHILD_NAMES = ("largest", "smallest")
+CHILD_NAMES = ("largest", "smallest")  # the first two children of every step
 
 
 class NonFiniteLossError(RuntimeError):

@@ -40,8 +40,6 @@ import tensorflow as tf
 from tf_bignas.search_space import ArchConfig
 from tf_bignas.supernet import Supernet
 
-CHILD_KINDS = ("largest", "smallest", "random")
-
 
 @dataclasses.dataclass(frozen=True)
 class SandwichOptions:
