@@ -202,9 +202,10 @@ def train(
         )
 
     iterator = iter(strategy.distribute_datasets_from_function(train_input))
-    checkpoint = tf.train.Checkpoint(
-        model=net, optimizer=optimizer, sampler_seed=sampler_seed, data=iterator
-    )
+    state = {"model": net, "optimizer": optimizer, "sampler_seed": sampler_seed}
+    if config.train.checkpoint_data:
+        state["data"] = iterator  # exact resume of the data order and augmentation
+    checkpoint = tf.train.Checkpoint(**state)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     manager = tf.train.CheckpointManager(
         checkpoint, ckpt_dir, max_to_keep=config.train.keep_checkpoints
