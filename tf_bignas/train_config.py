@@ -85,5 +85,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.runtime.strategy = "default"  # "mirrored" | "multi_worker" | "tpu"
     c.runtime.tpu = ""
     c.runtime.deterministic = False  # enable_op_determinism (slower)
+    c.runtime.jit_compile = False  # XLA for each child pass on GPU (needs model.mode="mask")
     c.runtime.threads = 0  # intra/inter-op threads; 0 = TensorFlow's default
     return c

@@ -179,7 +179,7 @@ def train(
             use_ema=o.ema,
             ema_momentum=o.ema_decay,
         )
-        step_fn = SandwichStep(net, optimizer, options, batch, strategy)
+        step_fn = SandwichStep(net, optimizer, options, batch, strategy, jit_compile=rt.jit_compile)
         sampler_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
 
     resolutions = space.train_resolutions
@@ -236,6 +236,9 @@ def train(
                     input_context=ctx,
                     minival=_minival(config),
                     strict=d.strict,
+                    # Calibration reads only K batches of the training split:
+                    # caching a partial pass would be thrown away each time.
+                    cache="auto" if split != d.train_split else False,
                 )
 
             eval_sets[(split, res)] = strategy.distribute_datasets_from_function(fn)
