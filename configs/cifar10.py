@@ -9,7 +9,8 @@ Space `bignas_cifar` (stride-1 stem, 4 stages) at training resolutions 24 and
 inplace distillation, RMSProp, exponential decay with a constant ending, zero
 init, stage shortcuts) at a CPU-sized batch of 128 (the LR scaled linearly
 from 0.256 at 4096) for 8 epochs: about 5 minutes an epoch on 2 CPU cores
-(167 images/s). Point
+(167 images/s). Measured: 44 minutes in all, smallest child 55.6% and largest
+child 60.5% top-1 on the 10,000 test images (BN calibrated). Point
 `--config.data.source=folder:PATH` elsewhere if the data is not in /tmp/cifar10.
 """
 

@@ -120,14 +120,7 @@ class SandwichStep:
             # nested tf.function under MirroredStrategy: inline the child pass.
             self._child_fn = self._child_pass
         else:
-            # Not inlined: the step calls the child pass once per child, and
-            # Grappler would otherwise optimise every inlined copy (the first
-            # call of the default space's step took 1.6x longer inlined).
-            self._child_fn = tf.function(
-                self._child_pass,
-                jit_compile=jit_compile or None,
-                experimental_attributes=None if jit_compile else {"_noinline": True},
-            )
+            self._child_fn = tf.function(self._child_pass, jit_compile=jit_compile or None)
         self._step_fn = tf.function(self._distributed_step)
         # Create the optimizer's slots now: variable creation inside the first
         # call would make tf.function trace the step twice.
