@@ -61,6 +61,7 @@ def extract_child(
             else supernet.current_bn_stats(arch)
         )
     eps = supernet.bn_epsilon
+    bn_layers = supernet.bn_layers()
     weights: dict[str, list[np.ndarray]] = {}
 
     def conv(x, filters: int, kernel: int, stride: int, name: str, bias: bool = False, src=None):
@@ -75,7 +76,7 @@ def extract_child(
         return layer(x)
 
     def bn(x, name: str):
-        src = supernet.bn_layers()[name]
+        src = bn_layers[name]
         c = x.shape[-1]
         mean, var = bn_stats[name]
         weights[name] = [src.gamma.numpy()[:c], src.beta.numpy()[:c], mean, var]
