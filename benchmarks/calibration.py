@@ -28,19 +28,19 @@ from __future__ import annotations
 
 import os
 import pathlib
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
+from benchmarks.common import timed
 from tf_bignas import data as data_lib
-from tf_bignas.calibration import ChildEvaluator
-from tf_bignas.search_space import ArchConfig
-from tf_bignas.supernet import Supernet
-from tf_bignas.train_lib import build_space, build_supernet
+from tf_bignas.model import Supernet
+from tf_bignas.space import ArchConfig
+from tf_bignas.train.calibration import ChildEvaluator
+from tf_bignas.train.config import build_space, build_supernet
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _CONFIG = config_flags.DEFINE_config_file(
@@ -53,12 +53,6 @@ _WORKDIR = flags.DEFINE_string(
 )
 
 Batch = Mapping[str, tf.Tensor]
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _materialise(
@@ -104,12 +98,12 @@ class _Bench:
         out: dict[str, float] = {}
 
         def ours() -> None:
-            out["calibrate"] = _timed(lambda: self.calibrate(arch))
-            out["evaluate"] = _timed(lambda: self.evaluate(arch))
+            out["calibrate"] = timed(lambda: self.calibrate(arch))
+            out["evaluate"] = timed(lambda: self.evaluate(arch))
 
         def bare() -> None:
-            out["bare_calib"] = _timed(lambda: self.bare(arch, self.calib[res]))
-            out["bare_test"] = _timed(lambda: self.bare(arch, self.test[res]))
+            out["bare_calib"] = timed(lambda: self.bare(arch, self.calib[res]))
+            out["bare_test"] = timed(lambda: self.bare(arch, self.test[res]))
 
         for fn in (bare, ours) if bare_first else (ours, bare):
             fn()

@@ -14,15 +14,13 @@ The CIFAR-10 folder is unpacked from ../shared/data/cifar10-jpeg.tar.gz into
 --cifar_dir when missing. The sandwich step is forward + backward of the
 largest child (cross-entropy on labels), the smallest and two random children
 (distilled from the largest's soft labels), in one tf.function with one
-GradientTape and one SGD update, as in the paper: `tf_bignas.train_step`'s
-`SandwichStep` when that module exists, else an equivalent step in this file.
+GradientTape and one SGD update, as in the paper: `tf_bignas.train.step.SandwichStep`.
 
 Target (issue 2): pipeline >= 3x the step's images per second.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import tarfile
@@ -34,8 +32,9 @@ import tensorflow as tf
 from absl import app, flags
 
 from tf_bignas.data import build_train_dataset, open_source, transforms
-from tf_bignas.search_space import SearchSpace, get_space
-from tf_bignas.supernet import Supernet
+from tf_bignas.model import Supernet
+from tf_bignas.space import SearchSpace, get_space
+from tf_bignas.train import step as train_step
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _TARBALL = _REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -74,59 +73,8 @@ def _pipeline_rate(ds: tf.data.Dataset, batches: int, batch_size: int) -> tuple[
     return first, batches * batch_size / (time.perf_counter() - start)
 
 
-def _make_sandwich_step(space: SearchSpace, net: Supernet, optimizer: keras.Optimizer):
-    lo, hi = min(space.train_resolutions), max(space.train_resolutions)
-
-    @tf.function
-    def step(images, labels, largest, smallest, random_archs, random_res):
-        with tf.GradientTape() as tape:
-            teacher = net(images[hi], arch=largest, training=True)
-            loss = tf.reduce_mean(
-                keras.losses.sparse_categorical_crossentropy(labels, teacher, from_logits=True)
-            )
-            soft = tf.stop_gradient(tf.nn.softmax(teacher))
-            for arch, r in ((smallest, lo), *zip(random_archs, random_res, strict=True)):
-                logits = net(images[r], arch=arch, training=True)
-                loss += tf.reduce_mean(
-                    keras.losses.categorical_crossentropy(soft, logits, from_logits=True)
-                )
-        grads = tape.gradient(loss, net.trainable_variables)
-        optimizer.apply_gradients(zip(grads, net.trainable_variables, strict=True))
-        return loss
-
-    return step
-
-
-def _own_step_times(space: SearchSpace, batch: dict, steps: int) -> list[float]:
-    """Seconds per step of this file's sandwich step (when train_step is absent)."""
-    net = Supernet(space, num_classes=10)
-    step = _make_sandwich_step(space, net, keras.optimizers.SGD(0.05, momentum=0.9))
-    largest, smallest = net.encode_arch(space.largest()), net.encode_arch(space.smallest())
-    plans = []
-    for i in range(steps + len(space.train_resolutions) ** 2):
-        archs = [space.sample((0, i, k)) for k in range(2)]
-        plans.append(([net.encode_arch(a) for a in archs], [a.resolution for a in archs]))
-    # Warm up every pair of random resolutions (one trace each).
-    pairs = {}
-    for archs, res in plans:
-        pairs.setdefault(tuple(res), (archs, res))
-    for archs, res in pairs.values():
-        step(batch["images"], batch["label"], largest, smallest, archs, res).numpy()
-    times = []
-    for archs, res in plans[:steps]:
-        start = time.perf_counter()
-        step(batch["images"], batch["label"], largest, smallest, archs, res).numpy()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _step_rate(space: SearchSpace, batch: dict, steps: int) -> tuple[float, str]:
     """(images per second consumed by the sandwich step, which step was timed)."""
-    if importlib.util.find_spec("tf_bignas.train_step") is None:
-        times = _own_step_times(space, batch, steps)
-        return batch["label"].shape[0] / float(np.median(times)), "benchmark's own step"
-    from tf_bignas import train_step
-
     net = Supernet(space, num_classes=10)
     options = train_step.SandwichOptions()
     step = train_step.SandwichStep(
@@ -140,7 +88,7 @@ def _step_rate(space: SearchSpace, batch: dict, steps: int) -> tuple[float, str]
         start = time.perf_counter()
         step(batch, children, i)
         times.append(time.perf_counter() - start)
-    return batch["label"].shape[0] / float(np.median(times)), "tf_bignas.train_step.SandwichStep"
+    return batch["label"].shape[0] / float(np.median(times)), "tf_bignas.train.step.SandwichStep"
 
 
 def _resize_placement(source: str, resolutions: tuple[int, ...], batch_size: int) -> None:

@@ -1,6 +1,6 @@
 """One sandwich step vs the static training steps of its four children, in one process.
 
-Times one full sandwich step (`tf_bignas.train_step.SandwichStep`: the
+Times one full sandwich step (`tf_bignas.train.step.SandwichStep`: the
 largest, the smallest and two random children forward and backward through
 the supernet, inplace distillation, summed gradients, weight decay, one
 RMSProp update) and, for the same four children, one static training step of
@@ -36,12 +36,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tf_bignas import cost
-from tf_bignas.optimizers import RMSpropTF
-from tf_bignas.search_space import ArchConfig, get_space
-from tf_bignas.slicing import extract_child
-from tf_bignas.supernet import Supernet
-from tf_bignas.train_step import SandwichOptions, SandwichStep, sample_children
+from benchmarks.common import timed
+from tf_bignas.model import Supernet, cost
+from tf_bignas.model.slicing import extract_child
+from tf_bignas.space import ArchConfig, get_space
+from tf_bignas.train.optimizers import RMSpropTF
+from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children
 
 _SPACE = flags.DEFINE_string("space", "bignas_mobilenetv2", "Search space name.")
 _RESOLUTION = flags.DEFINE_integer("resolution", 64, "Input resolution of every child.")
@@ -55,14 +55,6 @@ _BREAKDOWN = flags.DEFINE_bool(
 )
 
 _NAMES = ("largest", "smallest", "random0", "random1")
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    """Seconds of one call, outputs fetched to the host."""
-    start = time.perf_counter()
-    out = fn()
-    tf.nest.map_structure(lambda t: t.numpy() if isinstance(t, tf.Tensor) else t, out)
-    return time.perf_counter() - start
 
 
 def _static_step(
@@ -158,12 +150,12 @@ def main(argv: list[str]) -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     for name, arch, m in zip(_NAMES, children, macs):
         print(f"  {name:9s} {m / 1e6:7.1f} MMAC  {arch.to_paper_notation()}")
-    first = {name: _timed(fn) for name, fn in variants.items()}  # traces
+    first = {name: timed(fn) for name, fn in variants.items()}  # traces
     print("first calls (trace + run): " + ", ".join(f"{k} {v:.1f} s" for k, v in first.items()))
     times: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(_WARMUP.value + _ROUNDS.value):
         for name, fn in variants.items():
-            t = _timed(fn)
+            t = timed(fn)
             if r >= _WARMUP.value:
                 times[name].append(t)
     print(f"load average after: {os.getloadavg()[0]:.2f}")

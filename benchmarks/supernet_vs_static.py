@@ -15,15 +15,14 @@ Target (issue 3): the supernet costs at most 1.10x the static models on CPU.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tf_bignas.search_space import get_space
-from tf_bignas.slicing import extract_child
-from tf_bignas.supernet import Supernet
+from benchmarks.common import timed
+from tf_bignas.model import Supernet
+from tf_bignas.model.slicing import extract_child
+from tf_bignas.space import get_space
 
 _SPACE = flags.DEFINE_string("space", "bignas_mobilenetv2", "Search space name.")
 _RESOLUTION = flags.DEFINE_integer("resolution", 96, "Input resolution of every child.")
@@ -31,13 +30,6 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 15, "Timed rounds per child.")
 _THREADS = flags.DEFINE_integer("threads", 2, "Intra-op threads.")
 _MODE = flags.DEFINE_enum("mode", "slice", ["slice", "mask"], "Supernet mode.")
-
-
-def _timed(fn, *args) -> float:
-    start = time.perf_counter()
-    out = fn(*args)
-    tf.nest.map_structure(lambda t: t.numpy(), out)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str]) -> None:
@@ -74,12 +66,12 @@ def main(argv: list[str]) -> None:
 
         encoded = net.encode_arch(arch)
         for _ in range(3):  # warm-up (traces, allocator)
-            _timed(supernet_step, images, encoded)
-            _timed(static_step, images)
+            timed(supernet_step, images, encoded)
+            timed(static_step, images)
         sup, sta = [], []
         for _ in range(_REPEATS.value):
-            sup.append(_timed(supernet_step, images, encoded))
-            sta.append(_timed(static_step, images))
+            sup.append(timed(supernet_step, images, encoded))
+            sta.append(timed(static_step, images))
         s, t = float(np.median(sup)), float(np.median(sta))
         total_super += s
         total_static += t

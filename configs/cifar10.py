@@ -14,7 +14,7 @@ child 60.5% top-1 on the 10,000 test images (BN calibrated). Point
 `--config.data.source=folder:PATH` elsewhere if the data is not in /tmp/cifar10.
 """
 
-from tf_bignas.train_config import default_config
+from tf_bignas.train.config import default_config
 
 
 def get_config():

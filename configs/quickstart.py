@@ -16,7 +16,7 @@ Measured on 2 CPU cores (see README.md): smallest child 79.5% and largest
 child 90.7% top-1 on the 1,000 held-out digits after 1 min 47 s (chance: 10%).
 """
 
-from tf_bignas.train_config import default_config
+from tf_bignas.train.config import default_config
 
 
 def get_config():

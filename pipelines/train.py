@@ -21,8 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's C++ INFO
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from tf_bignas.distribute import STRATEGIES, build_strategy  # noqa: E402
-from tf_bignas.train_lib import NonFiniteLossError, train  # noqa: E402
+from tf_bignas.train.distribute import STRATEGIES, build_strategy  # noqa: E402
+from tf_bignas.train.loop import NonFiniteLossError, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, logs, results).")

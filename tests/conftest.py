@@ -135,3 +135,46 @@ def image_folder(cifar_jpegs: dict[str, bytes], tmp_path_factory) -> ImageFolder
             str(rgba): ship,
         },
     )
+
+
+def quickstart_config(**overrides):
+    """configs/quickstart.py with `section.key=value` overrides (dotted keys as `a__b`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "quickstart", REPO_ROOT / "configs" / "quickstart.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        setattr(getattr(config, section), name, value)
+    return config
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory) -> str:
+    """A finished, tiny quickstart run on the embedded digits (trained once per worker).
+
+    48 sandwich steps of batch 16 (0.192 epochs of the 4,000 training digits), a
+    minival of 200 digits held out of training for architecture selection, BN
+    calibration on 4 batches, evaluation on 8 batches of the "test" split. The
+    children are far from converged; tests use it for plumbing, not accuracy.
+    """
+    from tf_bignas.train.loop import train
+
+    workdir = str(tmp_path_factory.mktemp("trained") / "workdir")
+    config = quickstart_config(
+        train__batch_size=16,
+        train__epochs=48 * 16 / 3800,
+        train__log_every=24,
+        train__checkpoint_every=24,
+        train__calibration_batches=4,
+        train__eval_batches=8,
+        data__minival=200,
+        runtime__threads=1,
+    )
+    result = train(config, workdir, log=lambda line: None)
+    assert result.finished and result.step == 48
+    return workdir

@@ -21,12 +21,12 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_bignas.calibration import ChildEvaluator  # noqa: E402
 from tf_bignas.data import build_eval_dataset, build_train_dataset  # noqa: E402
-from tf_bignas.optimizers import RMSpropTF  # noqa: E402
-from tf_bignas.search_space import get_space  # noqa: E402
-from tf_bignas.supernet import Supernet  # noqa: E402
-from tf_bignas.train_step import SandwichOptions, SandwichStep, sample_children  # noqa: E402
+from tf_bignas.model import Supernet  # noqa: E402
+from tf_bignas.space import get_space  # noqa: E402
+from tf_bignas.train.calibration import ChildEvaluator  # noqa: E402
+from tf_bignas.train.optimizers import RMSpropTF  # noqa: E402
+from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children  # noqa: E402
 
 GLOBAL_BATCH = 8
 STEPS = 3

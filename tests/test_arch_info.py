@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from tf_bignas import cost
-from tf_bignas.search_space import ArchConfig, bignas_mobilenetv2
+from tf_bignas.model import cost
+from tf_bignas.space import bignas_mobilenetv2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = "256 1:2:2:2:4:4:1 32:16:24:48:88:128:216:352:1408 3:3:5:3:5:5:3"
@@ -32,7 +32,7 @@ def test_json_for_largest_smallest_paper_and_file(tmp_path):
     cases = {
         "largest": space.largest(),
         "smallest": space.smallest(),
-        PAPER: ArchConfig.from_paper_notation(256, *PAPER.split()[1:]),
+        PAPER: bignas_mobilenetv2().from_paper_notation(256, *PAPER.split()[1:]),
         str(arch_file): child,
     }
     for spec, arch in cases.items():

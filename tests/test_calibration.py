@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 from supernet_testutil import randomize_weights
 
-from tf_bignas.calibration import ChildEvaluator
 from tf_bignas.data import build_eval_dataset
-from tf_bignas.search_space import get_space
-from tf_bignas.supernet import Supernet
+from tf_bignas.model import Supernet
+from tf_bignas.space import get_space
+from tf_bignas.train.calibration import ChildEvaluator
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from tf_bignas.train_config import default_config
-from tf_bignas.train_lib import build_space
+from tf_bignas.model import cost
+from tf_bignas.space import get_space
+from tf_bignas.train.config import build_space, default_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
@@ -35,8 +36,14 @@ def test_config_loads_and_documents_its_launch_command(name):
     config = module.get_config()
     assert _keys(config) == _keys(default_config())
     space = build_space(config)
-    for r in space.train_resolutions:
-        space.validate_resolution(r, training=True)
+    base = get_space(config.model.space)
+    if config.model.train_resolutions:
+        assert space.train_resolutions == tuple(sorted(config.model.train_resolutions))
+        assert space.stages == base.stages  # an override changes resolutions only
+    else:
+        assert space == base
+    for arch in (space.largest(), space.smallest()):
+        assert cost.macs(space, arch, 10) > 0  # every child of the space builds at its size
 
 
 def test_imagenet_config_is_the_papers_recipe():

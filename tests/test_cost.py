@@ -1,14 +1,13 @@
-"""Tests of tf_bignas.cost: arch-only cost model and Keras layer walker."""
+"""Tests of tf_bignas.model.cost: arch-only cost model and Keras layer walker."""
 
 from __future__ import annotations
 
 import keras
 import pytest
 
-from tf_bignas import cost
-from tf_bignas.search_space import bignas_mobilenetv2, get_space
-from tf_bignas.slicing import extract_child
-from tf_bignas.supernet import Supernet
+from tf_bignas.model import Supernet, cost
+from tf_bignas.model.slicing import extract_child
+from tf_bignas.space import bignas_mobilenetv2, get_space
 
 
 def test_pinned_costs_of_default_space():

@@ -16,7 +16,6 @@ from tf_bignas.data import (
     dataset_info,
     open_source,
 )
-from tf_bignas.search_space import InvalidArchError, get_space
 
 pytestmark = pytest.mark.usefixtures("isolated_index_cache")
 
@@ -128,15 +127,6 @@ def test_train_input_context_batches_per_replica(embedded):
         labels += [int(y) for b in batches for y in b["label"]]
     # One epoch over both shards sees every test image exactly once.
     assert len(labels) == 1000 and np.bincount(labels).tolist() == [100] * 10
-
-
-def test_resolutions_checked_against_space(embedded):
-    space = get_space("bignas_tiny")
-    with pytest.raises(InvalidArchError, match="resolution 24 .*bignas_tiny"):
-        build_train_dataset(embedded, "train", (16, 24), 8, space=space)
-    build_eval_dataset(embedded, "test", 24, 8, space=space)  # Allowed for search.
-    with pytest.raises(InvalidArchError, match="resolution 40"):
-        build_eval_dataset(embedded, "test", 40, 8, space=space)
 
 
 def test_bad_arguments(embedded):

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tf_bignas.data import sources, transforms
+from tf_bignas.data.sources import folder as folder_source
 
 pytestmark = pytest.mark.usefixtures("isolated_index_cache")
 
@@ -248,13 +249,13 @@ def test_folder_decode_checks_are_cached(image_folder, tmp_path, monkeypatch):
     cache = str(tmp_path / "checks")
     first = sources.FolderSource(str(root), index_cache_dir=cache).info("train")
     calls = []
-    real = sources._decode_status
+    real = folder_source._decode_status
 
     def spy(paths):
         calls.append(list(paths))
         return real(paths)
 
-    monkeypatch.setattr(sources, "_decode_status", spy)
+    monkeypatch.setattr(folder_source, "_decode_status", spy)
     second = sources.FolderSource(str(root), index_cache_dir=cache).info("train")
     assert calls == [[]]  # Nothing decoded again.
     assert second.skipped == first.skipped and second.num_examples == first.num_examples

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from tf_bignas.optimizers import RMSpropTF
-from tf_bignas.schedules import BigNASSchedule, scaled_learning_rate
+from tf_bignas.train.optimizers import RMSpropTF
+from tf_bignas.train.schedules import BigNASSchedule, scaled_learning_rate
 
 
 def _lr(schedule, step):

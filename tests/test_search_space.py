@@ -1,4 +1,4 @@
-"""Tests of tf_bignas.search_space."""
+"""Tests of tf_bignas.space."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import json
 
 import pytest
 
-from tf_bignas.search_space import (
+from tf_bignas.space import (
     ArchConfig,
     InvalidArchError,
     SearchSpace,
     StageSpec,
     bignas_mobilenetv2,
     get_space,
-    load_arch,
     space_names,
 )
 
@@ -56,14 +55,14 @@ def test_json_round_trip_and_format():
 
 
 def test_paper_notation():
-    arch = ArchConfig.from_paper_notation(**PAPER)
+    arch = bignas_mobilenetv2().from_paper_notation(**PAPER)
     bignas_mobilenetv2().validate(arch)
     assert arch.resolution == 256
     assert arch.depths == (1, 2, 2, 2, 4, 4, 1)
     assert arch.kernels[2] == (5, 5) and arch.kernels[5] == (5, 5, 5, 5)
     assert arch.expand_ratios[0] == (1.0,) and arch.expand_ratios[4] == (6.0,) * 4
     text = "256 1:2:2:2:4:4:1 32:16:24:48:88:128:216:352:1408 3:3:5:3:5:5:3"
-    assert load_arch(text) == arch
+    assert bignas_mobilenetv2().load_arch(text) == arch
     assert arch.to_paper_notation() == text
 
 

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 from supernet_testutil import randomize_weights
 
-from tf_bignas.search_space import InvalidArchError, bignas_mobilenetv2, get_space
-from tf_bignas.slicing import extract_child
-from tf_bignas.supernet import Supernet
+from tf_bignas.model import Supernet
+from tf_bignas.model.slicing import extract_child
+from tf_bignas.space import InvalidArchError, bignas_mobilenetv2, get_space
 
 
 def _children(space, resolution, num_random=20):

@@ -1,4 +1,4 @@
-"""Tests of tf_bignas.supernet: modes, tracing, XLA, BN statistics, paper switches."""
+"""Tests of tf_bignas.model.supernet: modes, tracing, XLA, BN statistics, paper switches."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from supernet_testutil import randomize_weights
 
-from tf_bignas.search_space import InvalidArchError, get_space
-from tf_bignas.supernet import BNStatsStore, Supernet
+from tf_bignas.model import BNStatsStore, Supernet
+from tf_bignas.space import InvalidArchError, get_space
 
 
 @pytest.fixture(scope="module")

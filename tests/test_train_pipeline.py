@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_bignas.supernet import BNStatsStore
+from tf_bignas.model import BNStatsStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from tf_bignas.data import build_train_dataset
-from tf_bignas.search_space import get_space
-from tf_bignas.supernet import Supernet
-from tf_bignas.train_step import SandwichOptions, SandwichStep, sample_children
+from tf_bignas.model import Supernet
+from tf_bignas.space import get_space
+from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children
 
 BATCH = 8
 

@@ -8,7 +8,7 @@
 
 `--arch` takes `largest`, `smallest`, a JSON arch file, JSON text, or the
 paper's notation "RESOLUTION DEPTHS WIDTHS KERNELS". Costs come from the arch
-alone (`tf_bignas.cost`), without building a model.
+alone (`tf_bignas.model.cost`), without building a model.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sys
 
 from absl import app, flags
 
-from tf_bignas import cost as cost_lib
-from tf_bignas.search_space import InvalidArchError, get_space, load_arch, space_names
+from tf_bignas.model import cost as cost_lib
+from tf_bignas.space import InvalidArchError, get_space, space_names
 
 _ARCH = flags.DEFINE_string("arch", "largest", "largest|smallest|FILE.json|JSON|paper notation.")
 _SPACE = flags.DEFINE_enum("space", "bignas_mobilenetv2", list(space_names()), "Search space.")
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     del argv
     space = get_space(_SPACE.value)
     try:
-        arch = load_arch(_ARCH.value, space)
+        arch = space.load_arch(_ARCH.value)
     except InvalidArchError as e:
         sys.exit(f"error: {e}")
     c = cost_lib.cost(space, arch, _NUM_CLASSES.value)

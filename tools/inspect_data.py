@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 
 from tf_bignas.data import inspect_data
-from tf_bignas.search_space import get_space
+from tf_bignas.space import get_space
 
 _SOURCE = flags.DEFINE_string("source", "embedded", "folder:PATH, tfds:NAME or embedded.")
 _SPLIT = flags.DEFINE_string("split", "train", "Split to inspect.")
@@ -55,6 +55,9 @@ def main(argv: list[str]) -> int:
             resolutions = [int(r) for r in _RESOLUTIONS.value]
         else:
             resolutions = list(space.train_resolutions) if space else [32]
+        if space is not None:
+            for r in resolutions:
+                space.validate_resolution(r, training=True)
         report = inspect_data(
             _SOURCE.value,
             _SPLIT.value,
@@ -65,7 +68,6 @@ def main(argv: list[str]) -> int:
             minival=_number(_MINIVAL.value),
             strict=_STRICT.value,
             augment=_AUGMENT.value,
-            space=space,
         )
     except (ValueError, OSError) as e:
         print(f"inspect_data: error: {e}", file=sys.stderr)

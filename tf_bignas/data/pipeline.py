@@ -55,7 +55,6 @@ import tensorflow as tf
 from tf_bignas.data import augment as augment_lib
 from tf_bignas.data import sources, transforms
 from tf_bignas.data.normalization import DEFAULT_NORMALIZATION, Normalization
-from tf_bignas.search_space import SearchSpace
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
 DEFAULT_SHUFFLE_BUFFER = 10_000
@@ -192,7 +191,6 @@ def build_train_dataset(
     input_context: tf.distribute.InputContext | None = None,
     minival: int | float | None = None,
     strict: bool = False,
-    space: SearchSpace | None = None,
     repeat: bool = True,
     cache: CacheOption = "auto",
     crop_scale: Sequence[float] = transforms.DEFAULT_CROP_SCALE,
@@ -216,7 +214,6 @@ def build_train_dataset(
         input_context: From `distribute_datasets_from_function`, or None.
         minival: Minival size (number or fraction of train images), or None.
         strict: Folder sources: fail on an unreadable file instead of skipping it.
-        space: If given, each resolution must be one of its training resolutions.
         repeat: Repeat indefinitely (True) or stop after one pass.
         cache: "auto" (decode once into memory when the decoded shard is at
             most `CACHE_LIMIT_BYTES`), True (always) or False (decode every epoch).
@@ -232,16 +229,13 @@ def build_train_dataset(
 
     Raises:
         ValueError: On a bad resolution, batch size, augment or cache option
-            (`InvalidArchError` for a resolution the space does not allow).
+           .
         sources.DataSourceError: On a bad source, split or minival size.
         FileNotFoundError: If a folder source or split folder is missing.
     """
     if isinstance(resolutions, int) or not resolutions:
         raise ValueError(f"resolutions must be a non-empty sequence of ints, got {resolutions!r}")
     res = tuple(sorted({_check_resolution(r, "resolution") for r in resolutions}))
-    if space is not None:
-        for r in res:
-            space.validate_resolution(r, training=True)
     base = _check_resolution(base_resolution or max(res), "base_resolution")
     _check_batch_size(batch_size)
     augment_lib.check_augment_name(augment)
@@ -342,7 +336,6 @@ def build_eval_dataset(
     input_context: tf.distribute.InputContext | None = None,
     minival: int | float | None = None,
     strict: bool = False,
-    space: SearchSpace | None = None,
     cache: CacheOption = "auto",
     normalization: Normalization = DEFAULT_NORMALIZATION,
     drop_remainder: bool = False,
@@ -362,7 +355,6 @@ def build_eval_dataset(
         input_context: From `distribute_datasets_from_function`, or None.
         minival: Minival size (number or fraction of train images), or None.
         strict: Folder sources: fail on an unreadable file instead of skipping it.
-        space: If given, the resolution must be one the space allows.
         cache: "auto" (keep the resized images in memory when they take at most
             `CACHE_LIMIT_BYTES`), True or False.
         normalization: The input normalisation.
@@ -373,13 +365,11 @@ def build_eval_dataset(
 
     Raises:
         ValueError: On a bad resolution, batch size, crop fraction or cache
-            option (`InvalidArchError` for a resolution the space does not allow).
+            option.
         sources.DataSourceError: On a bad source, split or minival size.
         FileNotFoundError: If a folder source or split folder is missing.
     """
     resolution = _check_resolution(resolution, "resolution")
-    if space is not None:
-        space.validate_resolution(resolution)
     _check_batch_size(batch_size)
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")

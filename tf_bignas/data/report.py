@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from tf_bignas.data import pipeline, sources
-from tf_bignas.search_space import SearchSpace
 
 _TRAIN_SPLITS = ("train", sources.MINIVAL)
 
@@ -26,7 +25,6 @@ def inspect_data(
     minival: int | float | None = None,
     strict: bool = False,
     augment: str = "autoaugment",
-    space: SearchSpace | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Indexes a split and reads a few batches through the real pipeline.
@@ -45,7 +43,6 @@ def inspect_data(
         minival: Minival size, or None.
         strict: Fail on an unreadable file instead of skipping it.
         augment: Training augmentation.
-        space: If given, resolutions are checked against it.
         seed: Pipeline seed.
 
     Returns:
@@ -68,7 +65,7 @@ def inspect_data(
     read = 0
     if split in _TRAIN_SPLITS:
         ds = pipeline.build_train_dataset(
-            src, split, resolutions, batch_size, augment=augment, seed=seed, space=space
+            src, split, resolutions, batch_size, augment=augment, seed=seed
         )
         for batch in ds.take(num_batches):
             read += 1
@@ -76,7 +73,7 @@ def inspect_data(
             label_shape = list(batch["label"].shape)
     else:
         for r in sorted(set(resolutions)):
-            ds = pipeline.build_eval_dataset(src, split, r, batch_size, space=space)
+            ds = pipeline.build_eval_dataset(src, split, r, batch_size)
             for batch in ds.take(num_batches):
                 read += 1
                 shapes[str(r)] = list(batch["image"].shape)

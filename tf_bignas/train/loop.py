@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import time
 from collections.abc import Callable
@@ -30,14 +29,14 @@ import numpy as np
 import tensorflow as tf
 
 from tf_bignas import data as data_lib
-from tf_bignas.calibration import Accuracy, ChildEvaluator
-from tf_bignas.distribute import build_strategy
-from tf_bignas.files import atomic_write_json
-from tf_bignas.optimizers import RMSpropTF
-from tf_bignas.schedules import BigNASSchedule, scaled_learning_rate
-from tf_bignas.search_space import SearchSpace, get_space
-from tf_bignas.supernet import Supernet
-from tf_bignas.train_step import SandwichOptions, SandwichStep, sample_children
+from tf_bignas.common.files import atomic_write_json
+from tf_bignas.train import workdir as wd
+from tf_bignas.train.calibration import Accuracy, ChildEvaluator
+from tf_bignas.train.config import build_space, build_supernet, minival_size
+from tf_bignas.train.distribute import build_strategy
+from tf_bignas.train.optimizers import RMSpropTF
+from tf_bignas.train.schedules import BigNASSchedule, scaled_learning_rate
+from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children
 
 CHILD_NAMES = ("largest", "smallest")  # the first two children of every step
 
@@ -63,40 +62,6 @@ class TrainResult:
     seconds: float
 
 
-def build_space(config: ml_collections.ConfigDict) -> SearchSpace:
-    """The config's search space, with its resolution overrides applied."""
-    space = get_space(config.model.space)
-    if config.model.train_resolutions:
-        space = space.with_resolutions(
-            config.model.train_resolutions, config.model.resolutions or None
-        )
-    return space
-
-
-def build_supernet(
-    config: ml_collections.ConfigDict, space: SearchSpace, num_classes: int
-) -> Supernet:
-    """The supernet that the config describes."""
-    m = config.model
-    return Supernet(
-        space,
-        num_classes,
-        mode=m.mode,
-        zero_init_last_bn=m.zero_init_last_bn,
-        stage_shortcuts=m.stage_shortcuts,
-        synchronized_bn=m.synchronized_bn,
-        dropout_rate=m.dropout_rate,
-        bn_epsilon=m.bn_epsilon,
-    )
-
-
-def _minival(config: ml_collections.ConfigDict) -> int | float | None:
-    value = config.data.minival
-    if not value:
-        return None
-    return int(value) if value >= 1 else float(value)
-
-
 def _eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
@@ -111,7 +76,7 @@ def train(
     """Trains (or resumes) a supernet.
 
     Args:
-        config: The resolved config (see `tf_bignas.train_config`).
+        config: The resolved config (see `tf_bignas.train.config`).
         workdir: Output folder: config.json, checkpoints/, tensorboard/,
             results.json, bn_stats.npz.
         max_steps: Stop cleanly once the global step reaches this (checkpoint
@@ -127,7 +92,7 @@ def train(
         ValueError: On invalid config values (named in the message).
     """
     os.makedirs(workdir, exist_ok=True)
-    atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    atomic_write_json(os.path.join(workdir, wd.CONFIG_FILE), config.to_dict())
     rt = config.runtime
     if rt.threads:
         tf.config.threading.set_intra_op_parallelism_threads(rt.threads)
@@ -141,7 +106,7 @@ def train(
     d = config.data
     data_dir = d.data_dir or None
     info = data_lib.dataset_info(
-        d.source, d.train_split, data_dir=data_dir, minival=_minival(config)
+        d.source, d.train_split, data_dir=data_dir, minival=minival_size(config)
     )
     batch = config.train.batch_size
     steps_per_epoch = max(1, info.num_examples // batch)
@@ -182,6 +147,7 @@ def train(
         step_fn = SandwichStep(net, optimizer, options, batch, strategy, jit_compile=rt.jit_compile)
         sampler_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
 
+    wd.write_model_spec(workdir, net)
     resolutions = space.train_resolutions
 
     def train_input(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -196,9 +162,8 @@ def train(
             crop_scale=tuple(d.crop_scale),
             seed=config.seed,
             input_context=ctx,
-            minival=_minival(config),
+            minival=minival_size(config),
             strict=d.strict,
-            space=space,
         )
 
     iterator = iter(strategy.distribute_datasets_from_function(train_input))
@@ -206,7 +171,7 @@ def train(
     if config.train.checkpoint_data:
         state["data"] = iterator  # exact resume of the data order and augmentation
     checkpoint = tf.train.Checkpoint(**state)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = os.path.join(workdir, wd.CHECKPOINT_DIR)
     manager = tf.train.CheckpointManager(
         checkpoint, ckpt_dir, max_to_keep=config.train.keep_checkpoints
     )
@@ -234,7 +199,7 @@ def train(
                     batch,
                     data_dir=data_dir,
                     input_context=ctx,
-                    minival=_minival(config),
+                    minival=minival_size(config),
                     strict=d.strict,
                     # Calibration reads only K batches of the training split:
                     # caching a partial pass would be thrown away each time.
@@ -307,8 +272,8 @@ def train(
         if o.ema:
             optimizer.finalize_variable_values(net.trainable_variables)
         accuracies = evaluate_children()
-        net.bn_stats.save(os.path.join(workdir, "bn_stats.npz"))
-        weights = os.path.join(workdir, "supernet.weights.h5")
+        net.bn_stats.save(os.path.join(workdir, wd.BN_STATS_FILE))
+        weights = os.path.join(workdir, wd.WEIGHTS_FILE)
         net.save_weights(weights + ".tmp.weights.h5")
         os.replace(weights + ".tmp.weights.h5", weights)
         results = {
@@ -322,7 +287,7 @@ def train(
                 for name, acc in accuracies.items()
             },
         }
-        atomic_write_json(os.path.join(workdir, "results.json"), results)
+        atomic_write_json(os.path.join(workdir, wd.RESULTS_FILE), results)
         with writer.as_default(step=step):
             for name, acc in accuracies.items():
                 tf.summary.scalar(f"eval/top1_{name}", acc.top1)
@@ -333,9 +298,3 @@ def train(
             )
     writer.flush()
     return TrainResult(step, finished, accuracies, seconds)
-
-
-def read_results(workdir: str) -> dict:
-    """Reads `workdir/results.json`."""
-    with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
-        return json.load(f)

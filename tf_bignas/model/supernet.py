@@ -31,7 +31,7 @@ Two execution modes, chosen per supernet (`mode=`):
   cost is that of the largest child, which is what a TPU pays anyway for static
   shapes.
 
-Both modes compute the same function, and `tf_bignas.slicing.extract_child`
+Both modes compute the same function, and `tf_bignas.model.slicing.extract_child`
 turns any child into a stock Keras model with the same outputs.
 
 Following the paper (section 3.1): the gamma of the last BN of every residual
@@ -48,16 +48,14 @@ into the BN layers' moving variables, which `training=False` then uses.
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_bignas.files import atomic_write_bytes
-from tf_bignas.layers import (
+from tf_bignas.model.bn_stats import BNStats, BNStatsStore
+from tf_bignas.model.layers import (
     BN_MODES,
     MODES,
     DynamicBatchNorm,
@@ -66,76 +64,10 @@ from tf_bignas.layers import (
     DynamicDepthwiseConv2D,
     activation,
 )
-from tf_bignas.netplan import BlockPlan, NetPlan, net_plan
-from tf_bignas.search_space import ArchConfig, InvalidArchError, SearchSpace
+from tf_bignas.model.netplan import BlockPlan, NetPlan, net_plan
+from tf_bignas.space import ArchConfig, InvalidArchError, SearchSpace
 
 ArchTensors = Mapping[str, tf.Tensor]
-BNStats = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-class BNStatsStore:
-    """Calibrated BN statistics per child: arch key -> {bn layer name: (mean, var)}.
-
-    Arrays are sliced to the child's active channels. The store saves and loads
-    atomically as one `.npz` file.
-    """
-
-    def __init__(self) -> None:
-        self._stats: dict[str, BNStats] = {}
-
-    def __contains__(self, arch: ArchConfig) -> bool:
-        return arch.key in self._stats
-
-    def __len__(self) -> int:
-        return len(self._stats)
-
-    def put(self, arch: ArchConfig, stats: BNStats) -> None:
-        """Stores a child's statistics (replacing earlier ones)."""
-        self._stats[arch.key] = {k: (np.asarray(m), np.asarray(v)) for k, (m, v) in stats.items()}
-
-    def get(self, arch: ArchConfig) -> BNStats:
-        """Returns a child's statistics.
-
-        Raises:
-            KeyError: If the child was never calibrated.
-        """
-        if arch.key not in self._stats:
-            raise KeyError(
-                f"no calibrated BN statistics for arch {arch.to_paper_notation()!r}; "
-                f"calibrate it first ({len(self._stats)} children are calibrated)"
-            )
-        return self._stats[arch.key]
-
-    def archs(self) -> list[ArchConfig]:
-        """The calibrated children."""
-        return [ArchConfig.from_json(k) for k in self._stats]
-
-    def save(self, path: str) -> None:
-        """Writes the store to `path` (.npz) atomically."""
-        arrays: dict[str, np.ndarray] = {}
-        index = []
-        for i, (key, stats) in enumerate(self._stats.items()):
-            names = sorted(stats)
-            index.append({"arch": key, "layers": names})
-            for j, name in enumerate(names):
-                arrays[f"c{i}_{j}_mean"], arrays[f"c{i}_{j}_var"] = stats[name]
-        arrays["index"] = np.frombuffer(json.dumps(index).encode(), dtype=np.uint8)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write_bytes(path, buf.getvalue())
-
-    @classmethod
-    def load(cls, path: str) -> BNStatsStore:
-        """Reads a store written by `save`."""
-        store = cls()
-        with np.load(path) as data:
-            index = json.loads(data["index"].tobytes().decode())
-            for i, entry in enumerate(index):
-                store._stats[entry["arch"]] = {
-                    name: (data[f"c{i}_{j}_mean"], data[f"c{i}_{j}_var"])
-                    for j, name in enumerate(entry["layers"])
-                }
-        return store
 
 
 class MBConvBlock(keras.layers.Layer):
@@ -436,7 +368,12 @@ class Supernet(keras.Model):
                 raise ValueError("a tensor-valued dropout switch needs dropout_seed")
             rate = self.dropout_rate * tf.cast(dropout, x.dtype)
             x = tf.nn.experimental.stateless_dropout(x, rate=rate, seed=dropout_seed)
-        elif dropout is True and training and self.dropout_rate > 0:
+        elif (
+            not isinstance(dropout, tf.Tensor)
+            and bool(dropout)
+            and training
+            and self.dropout_rate > 0
+        ):
             if dropout_seed is None:
                 x = tf.nn.dropout(x, rate=self.dropout_rate)
             else:
@@ -515,9 +452,9 @@ class Supernet(keras.Model):
             )
 
     def get_config(self) -> dict:
-        """Constructor arguments (the space as data)."""
+        """Constructor arguments, the whole space included (resolution overrides too)."""
         return {
-            "space": self.space.name,
+            "space": self.space.to_dict(),
             "num_classes": self.num_classes,
             "mode": self.mode,
             "zero_init_last_bn": self.zero_init_last_bn,
@@ -526,3 +463,18 @@ class Supernet(keras.Model):
             "dropout_rate": self.dropout_rate,
             "bn_epsilon": self.bn_epsilon,
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Supernet:
+        """Rebuilds a supernet from `get_config` output.
+
+        Args:
+            config: The dict; its "space" is the space as data (`SearchSpace.to_dict`).
+
+        Returns:
+            A new Supernet with fresh weights.
+        """
+        config = dict(config)
+        space = SearchSpace.from_dict(config.pop("space"))
+        num_classes = config.pop("num_classes")
+        return cls(space, num_classes, **config)

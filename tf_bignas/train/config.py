@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from tf_bignas.model import Supernet
+from tf_bignas.space import SearchSpace, get_space
+from tf_bignas.train.calibration import DEFAULT_CALIBRATION_BATCHES
+
 
 def default_config() -> ml_collections.ConfigDict:
     """The BigNAS recipe (paper sections 3.1 and 4.2) on ImageNet-sized data.
@@ -78,7 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
     # shuffle buffer: small for in-memory data, about 1 GB for ImageNet from TFDS.
     c.train.checkpoint_data = True
     c.train.eval_every = 5000  # 0 = only at the end
-    c.train.calibration_batches = 64
+    c.train.calibration_batches = DEFAULT_CALIBRATION_BATCHES
     c.train.eval_batches = 0  # 0 = the whole eval split
 
     c.runtime = ml_collections.ConfigDict()
@@ -88,3 +92,38 @@ def default_config() -> ml_collections.ConfigDict:
     c.runtime.jit_compile = False  # XLA for each child pass on GPU (needs model.mode="mask")
     c.runtime.threads = 0  # intra/inter-op threads; 0 = TensorFlow's default
     return c
+
+
+def build_space(config: ml_collections.ConfigDict) -> SearchSpace:
+    """The config's search space, with its resolution overrides applied."""
+    space = get_space(config.model.space)
+    if config.model.train_resolutions:
+        space = space.with_resolutions(
+            config.model.train_resolutions, config.model.resolutions or None
+        )
+    return space
+
+
+def build_supernet(
+    config: ml_collections.ConfigDict, space: SearchSpace, num_classes: int
+) -> Supernet:
+    """The supernet that the config describes."""
+    m = config.model
+    return Supernet(
+        space,
+        num_classes,
+        mode=m.mode,
+        zero_init_last_bn=m.zero_init_last_bn,
+        stage_shortcuts=m.stage_shortcuts,
+        synchronized_bn=m.synchronized_bn,
+        dropout_rate=m.dropout_rate,
+        bn_epsilon=m.bn_epsilon,
+    )
+
+
+def minival_size(config: ml_collections.ConfigDict) -> int | float | None:
+    """`config.data.minival` as the data package takes it: images, a fraction, or None."""
+    value = config.data.minival
+    if not value:
+        return None
+    return int(value) if value >= 1 else float(value)

@@ -7,7 +7,7 @@ Batch norm, activations, pooling, additions and biases are not counted.
 `macs(space, arch)` and `params(space, arch, num_classes)` work from the arch
 value without building a model (fast enough to call inside a search loop);
 `count_model_macs(model)` walks the layers of any built Keras model. The two
-agree exactly on every child sliced by `tf_bignas.slicing.extract_child`, and
+agree exactly on every child sliced by `tf_bignas.model.slicing.extract_child`, and
 `params` equals that child's `model.count_params()`.
 """
 
@@ -17,8 +17,8 @@ import dataclasses
 
 import keras
 
-from tf_bignas.netplan import NetPlan, net_plan
-from tf_bignas.search_space import ArchConfig, SearchSpace
+from tf_bignas.model.netplan import NetPlan, net_plan
+from tf_bignas.space import ArchConfig, SearchSpace
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tf_bignas.layers import keras_activation
-from tf_bignas.netplan import net_plan
-from tf_bignas.search_space import ArchConfig
-from tf_bignas.supernet import BNStats, Supernet
+from tf_bignas.model.bn_stats import BNStats
+from tf_bignas.model.layers import keras_activation
+from tf_bignas.model.netplan import net_plan
+from tf_bignas.model.supernet import Supernet
+from tf_bignas.space import ArchConfig
 
 
 def _centre(kernel: np.ndarray, k: int) -> np.ndarray:

@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from tf_bignas.search_space import ArchConfig
-from tf_bignas.supernet import BNStats, Supernet
+from tf_bignas.model.bn_stats import BNStats
+from tf_bignas.model.supernet import Supernet
+from tf_bignas.space import ArchConfig
 
 DEFAULT_CALIBRATION_BATCHES = 64
 

@@ -37,8 +37,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_bignas.search_space import ArchConfig
-from tf_bignas.supernet import Supernet
+from tf_bignas.model.supernet import Supernet
+from tf_bignas.space import ArchConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from tf_bignas.search_space import ArchConfig, SearchSpace
+from tf_bignas.space import ArchConfig, SearchSpace
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
