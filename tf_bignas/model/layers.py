@@ -19,6 +19,14 @@ Batch norm has three ways to get its statistics (`bn_mode`):
 statistics of the active child, see `Supernet.load_bn_stats`), and
 ``"calibrate"`` (batch statistics for the output, while an exact cumulative
 average of the batch moments is accumulated for re-calibration).
+
+Initialisation follows EfficientNet (whose recipe BigNAS trains with):
+`conv_kernel_initializer()` for every convolution, depthwise ones included,
+and `dense_kernel_initializer()` for the classifier, both variance scaling on
+the fan-out of the largest weights. Keras computes the fan-out of a kernel
+[k, k, in, out] as k*k*out, so a depthwise kernel [k, k, C, 1] gets k*k (its
+depth multiplier is 1), not C: a 5x5 depthwise kernel starts with std
+sqrt(2/25) = 0.28 whatever its channel count, as in EfficientNet.
 """
 
 from __future__ import annotations
@@ -28,6 +36,28 @@ import tensorflow as tf
 
 MODES = ("slice", "mask")
 BN_MODES = ("batch", "stored", "calibrate")
+
+
+def conv_kernel_initializer() -> keras.initializers.Initializer:
+    """EfficientNet's convolution initialiser: normal, std sqrt(2 / fan_out).
+
+    The same as `conv_kernel_initializer` of the EfficientNet TPU code (an
+    untruncated normal on fan_out = k*k*out_channels; k*k for a depthwise
+    kernel) and, in std, `CONV_KERNEL_INITIALIZER` of keras.applications.
+
+    Returns:
+        A new `VarianceScaling(2.0, "fan_out", "untruncated_normal")`.
+    """
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def dense_kernel_initializer() -> keras.initializers.Initializer:
+    """EfficientNet's classifier initialiser: uniform on +-1/sqrt(units).
+
+    Returns:
+        A new `VarianceScaling(1/3, "fan_out", "uniform")` (limit sqrt(3 * scale / fan_out)).
+    """
+    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform")
 
 
 def channel_mask(n: tf.Tensor, size: int, dtype: tf.DType = tf.float32) -> tf.Tensor:
@@ -98,7 +128,7 @@ class DynamicConv2D(keras.layers.Layer):
         kernel_size: Square kernel size.
         strides: Stride.
         use_bias: Whether to add a bias.
-        kernel_initializer: Kernel initializer.
+        kernel_initializer: Kernel initializer; `conv_kernel_initializer()` if None.
         **kwargs: Base layer arguments (e.g. name).
     """
 
@@ -109,7 +139,7 @@ class DynamicConv2D(keras.layers.Layer):
         kernel_size: int = 1,
         strides: int = 1,
         use_bias: bool = False,
-        kernel_initializer: str | keras.initializers.Initializer = "he_normal",
+        kernel_initializer: str | keras.initializers.Initializer | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -117,7 +147,9 @@ class DynamicConv2D(keras.layers.Layer):
         self.kernel_size, self.strides, self.use_bias = kernel_size, strides, use_bias
         k = kernel_size
         self.kernel = self.add_weight(
-            name="kernel", shape=(k, k, max_in, max_out), initializer=kernel_initializer
+            name="kernel",
+            shape=(k, k, max_in, max_out),
+            initializer=kernel_initializer or conv_kernel_initializer(),
         )
         self.bias = (
             self.add_weight(name="bias", shape=(max_out,), initializer="zeros")
@@ -166,7 +198,7 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         self.kernel = self.add_weight(
             name="depthwise_kernel",
             shape=(max_kernel, max_kernel, max_ch, 1),
-            initializer="he_normal",
+            initializer=conv_kernel_initializer(),
         )
         self.built = True
 
@@ -360,7 +392,7 @@ class DynamicDense(keras.layers.Layer):
         super().__init__(**kwargs)
         self.max_in, self.units = max_in, units
         self.kernel = self.add_weight(
-            name="kernel", shape=(max_in, units), initializer="glorot_uniform"
+            name="kernel", shape=(max_in, units), initializer=dense_kernel_initializer()
         )
         self.bias = self.add_weight(name="bias", shape=(units,), initializer="zeros")
         self.built = True

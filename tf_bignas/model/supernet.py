@@ -108,10 +108,9 @@ class MBConvBlock(keras.layers.Layer):
         self.dw_bn = bn(p.mid_ch, "dw_bn")
         if p.se_ch:
             self.se_reduce = DynamicConv2D(p.mid_ch, p.se_ch, use_bias=True, name=f"{n}_se_reduce")
-            self.se_expand = DynamicConv2D(
-                p.se_ch, p.mid_ch, use_bias=True, kernel_initializer="glorot_uniform",
-                name=f"{n}_se_expand",
-            )  # fmt: skip
+            # Every conv, squeeze-excite ones included, starts as in EfficientNet
+            # (`conv_kernel_initializer`, the layer's default).
+            self.se_expand = DynamicConv2D(p.se_ch, p.mid_ch, use_bias=True, name=f"{n}_se_expand")
         self.project_conv = DynamicConv2D(p.mid_ch, p.out_ch, name=f"{n}_project_conv")
         self.project_bn = bn(p.out_ch, "project_bn", zero=zero_init_last_bn and p.residual)
         if p.shortcut_conv:
