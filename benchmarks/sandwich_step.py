@@ -138,7 +138,9 @@ def main(argv: list[str]) -> None:
         "sandwich": lambda: step_fn(batch, children, 0)["losses"]
     }
     for name, arch in zip(_NAMES, children):
-        variants[name] = _static_step(extract_child(net, arch), images, one_hot)
+        variants[name] = _static_step(
+            extract_child(net, arch, allow_uncalibrated=True), images, one_hot
+        )
     if _BREAKDOWN.value:
         variants.update(_breakdown_fns(net, children, images, one_hot))
 

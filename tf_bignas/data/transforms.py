@@ -170,7 +170,6 @@ def train_patch(
     Raises:
         ValueError: If `kind` or `augment` is unknown.
     """
-    augment_lib.check_augment_name(augment)
     crop_seed, flip_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
     if kind == "pixels":
         window = random_crop_window(tf.shape(image)[:2], crop_seed, crop_scale, crop_ratio)

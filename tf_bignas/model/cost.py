@@ -17,7 +17,7 @@ import dataclasses
 
 import keras
 
-from tf_bignas.model.netplan import NetPlan, net_plan
+from tf_bignas.model.netplan import NetPlan, net_plan, plan_ops
 from tf_bignas.space import ArchConfig, SearchSpace
 
 
@@ -39,33 +39,12 @@ class Cost:
 
 
 def _plan_cost(plan: NetPlan) -> Cost:
-    num_stages = max((b.stage for b in plan.blocks), default=-1) + 1
-    s_macs = [0] * (num_stages + 2)
-    s_params = [0] * (num_stages + 2)
-    k, c = plan.stem_kernel, plan.stem_ch
-    s_macs[0] = k * k * 3 * c * plan.stem_res**2
-    s_params[0] = k * k * 3 * c + 4 * c
-    for b in plan.blocks:
-        m = p = 0
-        if b.expand:
-            m += b.in_res**2 * b.in_ch * b.mid_ch
-            p += b.in_ch * b.mid_ch + 4 * b.mid_ch
-        m += b.out_res**2 * b.kernel**2 * b.mid_ch
-        p += b.kernel**2 * b.mid_ch + 4 * b.mid_ch
-        if b.se_ch:
-            m += 2 * b.mid_ch * b.se_ch
-            p += 2 * b.mid_ch * b.se_ch + b.se_ch + b.mid_ch
-        m += b.out_res**2 * b.mid_ch * b.out_ch
-        p += b.mid_ch * b.out_ch + 4 * b.out_ch
-        if b.shortcut_conv:
-            m += b.out_res**2 * b.in_ch * b.out_ch
-            p += b.in_ch * b.out_ch + 4 * b.out_ch
-        s_macs[b.stage + 1] += m
-        s_params[b.stage + 1] += p
-    last = plan.blocks[-1].out_ch if plan.blocks else plan.stem_ch
-    h, n = plan.head_ch, plan.num_classes
-    s_macs[-1] = plan.head_res**2 * last * h + h * n
-    s_params[-1] = last * h + 4 * h + h * n + n
+    ops = plan_ops(plan)
+    groups = ops[-1].group + 1
+    s_macs, s_params = [0] * groups, [0] * groups
+    for op in ops:
+        s_macs[op.group] += op.macs()
+        s_params[op.group] += op.params()
     return Cost(sum(s_macs), sum(s_params), tuple(s_macs), tuple(s_params))
 
 

@@ -1,14 +1,16 @@
 """Slice a child out of the supernet as a standalone Keras model of stock layers.
 
-`extract_child(supernet, arch)` builds a functional `keras.Model` from the
-child's `NetPlan` with only stock layers (Conv2D, DepthwiseConv2D,
-BatchNormalization, Activation, pooling, Multiply, Add, Dropout, Dense), and
-copies in the child's slice of the supernet's weights: the lowest-index
-channels, the centre of each depthwise kernel, the first layers of each stage.
-BN statistics come from the supernet's per-child store (calibrated statistics)
-when the child is there, else from the BN moving variables as they are. The
-result saves and loads as `.keras`, converts to TFLite, and gives the same
-outputs as the supernet running that child with `training=False`.
+`build_child_model(space, arch, num_classes)` builds a child straight from its
+arch: one stock Keras layer (Conv2D, DepthwiseConv2D, BatchNormalization,
+Activation, pooling, Multiply, Add, Dropout, Dense) per op of its plan
+(`netplan.plan_ops`), named after the op, with fresh weights.
+`extract_child(supernet, arch)` builds the same model and copies in the
+child's slice of the supernet's weights: the lowest-index channels, the centre
+of each depthwise kernel, the first layers of each stage, and the child's
+calibrated BN statistics. The result has no slicing or masking op left: it
+saves and loads as `.keras`, converts to TFLite exactly as the directly built
+model does, and gives the same outputs as the supernet running that child with
+`training=False`.
 """
 
 from __future__ import annotations
@@ -18,14 +20,156 @@ import numpy as np
 
 from tf_bignas.model.bn_stats import BNStats
 from tf_bignas.model.layers import keras_activation
-from tf_bignas.model.netplan import net_plan
+from tf_bignas.model.netplan import Op, net_plan, plan_ops
 from tf_bignas.model.supernet import Supernet
-from tf_bignas.space import ArchConfig
+from tf_bignas.space import ArchConfig, SearchSpace
+
+
+class UncalibratedChildError(KeyError):
+    """A child has no calibrated BN statistics in the supernet's store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _centre(kernel: np.ndarray, k: int) -> np.ndarray:
     start = (kernel.shape[0] - k) // 2
     return kernel[start : start + k, start : start + k]
+
+
+def _stock_layer(op: Op, bn_epsilon: float, dropout_rate: float) -> keras.layers.Layer | None:
+    """The stock Keras layer of an op (None: the op passes its input through)."""
+    kind, name = op.kind, op.name
+    if kind == "conv":
+        return keras.layers.Conv2D(
+            op.out_ch, op.kernel, strides=op.stride, padding="same", use_bias=op.bias, name=name
+        )
+    if kind == "dwconv":
+        return keras.layers.DepthwiseConv2D(
+            op.kernel, strides=op.stride, padding="same", use_bias=False, name=name
+        )
+    if kind == "bn":
+        return keras.layers.BatchNormalization(epsilon=bn_epsilon, name=name)
+    if kind == "act":
+        return keras.layers.Activation(keras_activation(op.function), name=name)
+    if kind == "sigmoid":
+        return keras.layers.Activation("sigmoid", name=name)
+    if kind == "se_pool":
+        return keras.layers.GlobalAveragePooling2D(keepdims=True, name=name)
+    if kind == "global_pool":
+        return keras.layers.GlobalAveragePooling2D(name=name)
+    if kind == "pool":
+        return keras.layers.AveragePooling2D(2, strides=2, padding="same", name=name)
+    if kind == "mul":
+        return keras.layers.Multiply(name=name)
+    if kind == "add":
+        return keras.layers.Add(name=name)
+    if kind == "dropout":
+        return keras.layers.Dropout(dropout_rate, name=name) if dropout_rate > 0 else None
+    if kind == "dense":
+        return keras.layers.Dense(op.out_ch, name=name)
+    raise ValueError(f"op {name!r} has unknown kind {kind!r}")
+
+
+def _build(
+    ops: tuple[Op, ...],
+    resolution: int | None,
+    bn_epsilon: float,
+    dropout_rate: float,
+    name: str,
+    channels: int = 3,
+) -> keras.Model:
+    inputs = keras.Input((resolution, resolution, channels), name="image")
+    values = {"image": inputs}
+    x = inputs
+    for op in ops:
+        layer = _stock_layer(op, bn_epsilon, dropout_rate)
+        args = [values[i] for i in op.inputs]
+        if layer is None:
+            x = args[0]
+        else:
+            x = layer(args if len(args) > 1 else args[0])
+        values[op.name] = x
+    return keras.Model(inputs, x, name=name)
+
+
+def build_ops_model(
+    ops: tuple[Op, ...],
+    *,
+    bn_epsilon: float = 1e-3,
+    dropout_rate: float = 0.0,
+    name: str = "ops",
+) -> keras.Model:
+    """Builds a run of ops (the stem, one block, the head) as a stock Keras model.
+
+    The same layers as `build_child_model` builds for those ops, with fresh
+    weights; the input, named "image", has the first op's input shape, and the
+    output is the last op's. The latency tables measure each distinct block of
+    a space this way (`tf_bignas.latency`).
+
+    Args:
+        ops: The ops, the first one taking the input "image" (e.g.
+            `netplan.block_ops(block, "image")`).
+        bn_epsilon: BN epsilon.
+        dropout_rate: Dropout rate of a dropout op (0: none).
+        name: Model name.
+
+    Returns:
+        The model.
+    """
+    res, _, channels = ops[0].in_shape
+    return _build(ops, res, bn_epsilon, dropout_rate, name, channels=channels)
+
+
+def build_child_model(
+    space: SearchSpace,
+    arch: ArchConfig,
+    num_classes: int,
+    *,
+    stage_shortcuts: bool = True,
+    dropout_rate: float = 0.0,
+    bn_epsilon: float = 1e-3,
+    fixed_resolution: bool = True,
+    name: str = "child",
+) -> keras.Model:
+    """Builds a child straight from its arch, with fresh weights (no supernet).
+
+    Args:
+        space: The search space.
+        arch: The child.
+        num_classes: Classifier outputs.
+        stage_shortcuts: Whether stage transitions have shortcuts.
+        dropout_rate: Dropout before the classifier (0: no Dropout layer).
+        bn_epsilon: BN epsilon.
+        fixed_resolution: Input shape (R, R, 3) (needed for MAC counting and
+            fixed-shape TFLite); else (None, None, 3).
+        name: Model name.
+
+    Returns:
+        The child model, producing logits.
+
+    Raises:
+        InvalidArchError: If the arch is not in the space.
+    """
+    space.validate(arch)
+    ops = plan_ops(net_plan(space, arch, num_classes, stage_shortcuts))
+    res = arch.resolution if fixed_resolution else None
+    return _build(ops, res, bn_epsilon, dropout_rate, name)
+
+
+def _sliced_weights(op: Op, src: keras.layers.Layer, bn_stats: BNStats) -> list[np.ndarray]:
+    c = op.out_ch
+    if op.kind == "conv":
+        w = [src.kernel.numpy()[:, :, : op.in_ch, :c]]
+        return w + [src.bias.numpy()[:c]] if op.bias else w
+    if op.kind == "dwconv":
+        return [_centre(src.kernel.numpy(), op.kernel)[:, :, :c, :]]
+    if op.kind == "bn":
+        mean, var = bn_stats[op.name]
+        return [src.gamma.numpy()[:c], src.beta.numpy()[:c], mean, var]
+    if op.kind == "dense":
+        return [src.kernel.numpy()[: op.in_ch, :c], src.bias.numpy()[:c]]
+    return []
 
 
 def extract_child(
@@ -34,6 +178,7 @@ def extract_child(
     bn_stats: BNStats | None = None,
     fixed_resolution: bool = True,
     name: str | None = None,
+    allow_uncalibrated: bool = False,
 ) -> keras.Model:
     """Builds a child as a standalone Keras model with its weights copied in.
 
@@ -41,100 +186,44 @@ def extract_child(
         supernet: The trained supernet.
         arch: The child.
         bn_stats: BN statistics to use; by default the supernet's stored,
-            calibrated statistics for this child, or else its current moving ones.
+            calibrated statistics for this child.
         fixed_resolution: Build with input shape (R, R, 3) (needed for MAC
             counting and fixed-shape TFLite); else (None, None, 3).
         name: Model name (default "child").
+        allow_uncalibrated: Use the BN moving statistics as they are when the
+            child has no calibrated statistics (another child's, or 0/1).
 
     Returns:
         The child model, producing logits.
 
     Raises:
         InvalidArchError: If the arch is not in the supernet's space.
+        UncalibratedChildError: If the child has no calibrated statistics, no
+            `bn_stats` are given and `allow_uncalibrated` is False.
     """
     space = supernet.space
     space.validate(arch)
-    plan = net_plan(space, arch, supernet.num_classes, supernet.stage_shortcuts)
     if bn_stats is None:
-        bn_stats = (
-            supernet.bn_stats.get(arch)
-            if arch in supernet.bn_stats
-            else supernet.current_bn_stats(arch)
-        )
-    eps = supernet.bn_epsilon
-    bn_layers = supernet.bn_layers()
-    weights: dict[str, list[np.ndarray]] = {}
-
-    def conv(x, filters: int, kernel: int, stride: int, name: str, bias: bool = False, src=None):
-        layer = keras.layers.Conv2D(
-            filters, kernel, strides=stride, padding="same", use_bias=bias, name=name
-        )
-        cin = x.shape[-1]
-        w = [src.kernel.numpy()[:, :, :cin, :filters]]
-        if bias:
-            w.append(src.bias.numpy()[:filters])
-        weights[name] = w
-        return layer(x)
-
-    def bn(x, name: str):
-        src = bn_layers[name]
-        c = x.shape[-1]
-        mean, var = bn_stats[name]
-        weights[name] = [src.gamma.numpy()[:c], src.beta.numpy()[:c], mean, var]
-        return keras.layers.BatchNormalization(epsilon=eps, name=name)(x)
-
-    def act(x, kind: str, name: str):
-        return keras.layers.Activation(keras_activation(kind), name=name)(x)
-
-    shape = (arch.resolution, arch.resolution, 3) if fixed_resolution else (None, None, 3)
-    inputs = keras.Input(shape, name="image")
-    x = conv(inputs, plan.stem_ch, plan.stem_kernel, plan.stem_stride, "stem_conv",
-             src=supernet.stem_conv)  # fmt: skip
-    x = act(bn(x, "stem_bn"), plan.activation, "stem_act")
+        if arch in supernet.bn_stats:
+            bn_stats = supernet.bn_stats.get(arch)
+        elif allow_uncalibrated:
+            bn_stats = supernet.current_bn_stats(arch)
+        else:
+            raise UncalibratedChildError(
+                f"child {arch.to_paper_notation()!r} has no calibrated BN statistics "
+                f"({len(supernet.bn_stats)} children are calibrated): calibrate it first "
+                "(tf_bignas.train.calibration.ChildEvaluator.calibrate, or the search, which "
+                "calibrates every child it evaluates), pass bn_stats, or "
+                "allow_uncalibrated=True to use the BN statistics as they are"
+            )
+    ops = plan_ops(net_plan(space, arch, supernet.num_classes, supernet.stage_shortcuts))
+    res = arch.resolution if fixed_resolution else None
+    model = _build(ops, res, supernet.bn_epsilon, supernet.dropout_rate, name or "child")
     blocks = {blk.plan.name: blk for blk in supernet.blocks}
-    for b in plan.blocks:
-        src = blocks[b.name]
-        n = b.name
-        h = x
-        if b.expand:
-            h = conv(h, b.mid_ch, 1, 1, f"{n}_expand_conv", src=src.expand_conv)
-            h = act(bn(h, f"{n}_expand_bn"), b.activation, f"{n}_expand_act")
-        dw_name = f"{n}_dw_conv"
-        weights[dw_name] = [_centre(src.dw_conv.kernel.numpy(), b.kernel)[:, :, : b.mid_ch, :]]
-        h = keras.layers.DepthwiseConv2D(
-            b.kernel, strides=b.stride, padding="same", use_bias=False, name=dw_name
-        )(h)
-        h = act(bn(h, f"{n}_dw_bn"), b.activation, f"{n}_dw_act")
-        if b.se_ch:
-            s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{n}_se_pool")(h)
-            s = conv(s, b.se_ch, 1, 1, f"{n}_se_reduce", bias=True, src=src.se_reduce)
-            s = act(s, b.activation, f"{n}_se_act")
-            s = conv(s, b.mid_ch, 1, 1, f"{n}_se_expand", bias=True, src=src.se_expand)
-            s = keras.layers.Activation("sigmoid", name=f"{n}_se_gate")(s)
-            h = keras.layers.Multiply(name=f"{n}_se_excite")([h, s])
-        h = conv(h, b.out_ch, 1, 1, f"{n}_project_conv", src=src.project_conv)
-        h = bn(h, f"{n}_project_bn")
-        if b.residual:
-            shortcut = x
-            if b.shortcut_pool:
-                shortcut = keras.layers.AveragePooling2D(
-                    2, strides=2, padding="same", name=f"{n}_shortcut_pool"
-                )(shortcut)
-            if b.shortcut_conv:
-                shortcut = conv(shortcut, b.out_ch, 1, 1, f"{n}_shortcut_conv",
-                                src=src.shortcut_conv)  # fmt: skip
-                shortcut = bn(shortcut, f"{n}_shortcut_bn")
-            h = keras.layers.Add(name=f"{n}_add")([shortcut, h])
-        x = h
-    x = conv(x, plan.head_ch, 1, 1, "head_conv", src=supernet.head_conv)
-    x = act(bn(x, "head_bn"), plan.activation, "head_act")
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if supernet.dropout_rate > 0:
-        x = keras.layers.Dropout(supernet.dropout_rate, name="dropout")(x)
-    head = supernet.classifier
-    weights["classifier"] = [head.kernel.numpy()[: plan.head_ch], head.bias.numpy()]
-    outputs = keras.layers.Dense(supernet.num_classes, name="classifier")(x)
-    model = keras.Model(inputs, outputs, name=name or "child")
-    for layer_name, values in weights.items():
-        model.get_layer(layer_name).set_weights(values)
+    for op in ops:
+        if op.kind not in ("conv", "dwconv", "bn", "dense"):
+            continue
+        block = blocks.get(op.name.split("_", 1)[0])
+        src = block.op_layer(op.name) if block is not None else supernet.op_layer(op.name)
+        model.get_layer(op.name).set_weights(_sliced_weights(op, src, bn_stats))
     return model

@@ -48,7 +48,7 @@ into the BN layers' moving variables, which `training=False` then uses.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import keras
 import numpy as np
@@ -64,14 +64,110 @@ from tf_bignas.model.layers import (
     DynamicDepthwiseConv2D,
     activation,
 )
-from tf_bignas.model.netplan import BlockPlan, NetPlan, net_plan
+from tf_bignas.model.netplan import (
+    BlockPlan,
+    NetPlan,
+    Op,
+    block_ops,
+    head_ops,
+    net_plan,
+    plan_ops,
+    stem_ops,
+)
 from tf_bignas.space import ArchConfig, InvalidArchError, SearchSpace
 
 ArchTensors = Mapping[str, tf.Tensor]
 
 
+def _dynamic_layer(
+    op: Op, max_kernel: int, zero_init_last_bn: bool, synchronized_bn: bool, bn_epsilon: float
+) -> keras.layers.Layer | None:
+    """The dynamic layer of a weighted op at its largest size (None for the rest)."""
+    if op.kind == "conv":
+        # Every conv, squeeze-excite ones included, starts as in EfficientNet
+        # (`conv_kernel_initializer`, the layer's default).
+        return DynamicConv2D(
+            op.in_ch, op.out_ch, op.kernel, op.stride, use_bias=op.bias, name=op.name
+        )
+    if op.kind == "dwconv":
+        return DynamicDepthwiseConv2D(op.out_ch, max_kernel, op.stride, name=op.name)
+    if op.kind == "bn":
+        return DynamicBatchNorm(
+            op.out_ch,
+            bn_epsilon,
+            zero_gamma=zero_init_last_bn and op.branch_end,
+            synchronized=synchronized_bn,
+            name=op.name,
+        )
+    if op.kind == "dense":
+        return DynamicDense(op.in_ch, op.out_ch, name=op.name)
+    return None
+
+
+def run_ops(
+    ops: tuple[Op, ...],
+    layers: Callable[[str], keras.layers.Layer],
+    x: tf.Tensor,
+    widths: Mapping[str, tf.Tensor],
+    kernel: tf.Tensor | None,
+    bn_mode: str,
+    mode: str,
+    active: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Runs a list of ops (a block, the stem, the head up to pooling) for one child.
+
+    Args:
+        ops: The ops at the supernet's largest size (`netplan`).
+        layers: Op name -> its dynamic layer.
+        x: The input of the first op.
+        widths: Active channels per `Op.width` ("mid", "se", "out", ...).
+        kernel: Active depthwise kernel size (blocks).
+        bn_mode: BN statistics mode.
+        mode: "slice" or "mask".
+        active: Mask mode only: 1.0 if the block is active, 0.0 to skip its
+            residual branch.
+
+    Returns:
+        The output of the last op.
+    """
+    values = {ops[0].inputs[0]: x}
+    y = x
+    for op in ops:
+        h = values[op.inputs[0]]
+        kind = op.kind
+        if kind == "conv":
+            y = layers(op.name)(h, widths[op.width], mode=mode)
+        elif kind == "dwconv":
+            y = layers(op.name)(h, kernel, mode=mode)
+        elif kind == "bn":
+            y = layers(op.name)(h, bn_mode=bn_mode, mode=mode, ch=widths[op.width])
+        elif kind == "act":
+            y = activation(h, op.function)
+        elif kind == "se_pool":
+            y = tf.reduce_mean(h, axis=[1, 2], keepdims=True)
+        elif kind == "global_pool":
+            y = tf.reduce_mean(h, axis=[1, 2])
+        elif kind == "sigmoid":
+            y = tf.sigmoid(h)
+        elif kind == "mul":
+            y = h * values[op.inputs[1]]
+        elif kind == "pool":
+            y = tf.nn.avg_pool2d(h, 2, 2, "SAME")
+        elif kind == "add":
+            branch = values[op.inputs[1]]
+            y = h + (branch if active is None else branch * active)
+        else:
+            raise ValueError(f"op {op.name!r}: kind {kind!r} does not run in a supernet block")
+        values[op.name] = y
+    return y
+
+
 class MBConvBlock(keras.layers.Layer):
     """A dynamic MBConv block: [expand 1x1] -> depthwise -> [SE] -> project 1x1.
+
+    Its layers and their order come from `netplan.block_ops`; each weighted op's
+    layer is an attribute named after the op without the block prefix
+    (`expand_conv`, `dw_bn`, ...), which is also its checkpoint name.
 
     Args:
         plan: The block at its largest dimensions.
@@ -93,30 +189,17 @@ class MBConvBlock(keras.layers.Layer):
     ) -> None:
         super().__init__(name=plan.name, **kwargs)
         self.plan = plan
-        p = plan
-        n = p.name
-
-        def bn(ch: int, suffix: str, zero: bool = False) -> DynamicBatchNorm:
-            return DynamicBatchNorm(
-                ch, bn_epsilon, zero_gamma=zero, synchronized=synchronized_bn, name=f"{n}_{suffix}"
-            )
-
-        if p.expand:
-            self.expand_conv = DynamicConv2D(p.in_ch, p.mid_ch, name=f"{n}_expand_conv")
-            self.expand_bn = bn(p.mid_ch, "expand_bn")
-        self.dw_conv = DynamicDepthwiseConv2D(p.mid_ch, max_kernel, p.stride, name=f"{n}_dw_conv")
-        self.dw_bn = bn(p.mid_ch, "dw_bn")
-        if p.se_ch:
-            self.se_reduce = DynamicConv2D(p.mid_ch, p.se_ch, use_bias=True, name=f"{n}_se_reduce")
-            # Every conv, squeeze-excite ones included, starts as in EfficientNet
-            # (`conv_kernel_initializer`, the layer's default).
-            self.se_expand = DynamicConv2D(p.se_ch, p.mid_ch, use_bias=True, name=f"{n}_se_expand")
-        self.project_conv = DynamicConv2D(p.mid_ch, p.out_ch, name=f"{n}_project_conv")
-        self.project_bn = bn(p.out_ch, "project_bn", zero=zero_init_last_bn and p.residual)
-        if p.shortcut_conv:
-            self.shortcut_conv = DynamicConv2D(p.in_ch, p.out_ch, name=f"{n}_shortcut_conv")
-            self.shortcut_bn = bn(p.out_ch, "shortcut_bn")
+        self.ops = block_ops(plan, "block_input")
+        prefix = len(plan.name) + 1
+        for op in self.ops:
+            layer = _dynamic_layer(op, max_kernel, zero_init_last_bn, synchronized_bn, bn_epsilon)
+            if layer is not None:
+                setattr(self, op.name[prefix:], layer)
         self.built = True
+
+    def op_layer(self, name: str) -> keras.layers.Layer:
+        """The dynamic layer of one of the block's ops, by op name."""
+        return getattr(self, name[len(self.plan.name) + 1 :])
 
     def call(
         self,
@@ -144,31 +227,8 @@ class MBConvBlock(keras.layers.Layer):
         Returns:
             The block output.
         """
-        p = self.plan
-        h = x
-        if p.expand:
-            h = self.expand_conv(h, mid_ch, mode=mode)
-            h = activation(self.expand_bn(h, bn_mode=bn_mode, mode=mode, ch=mid_ch), p.activation)
-        h = self.dw_conv(h, kernel, mode=mode)
-        h = activation(self.dw_bn(h, bn_mode=bn_mode, mode=mode, ch=mid_ch), p.activation)
-        if p.se_ch:
-            s = tf.reduce_mean(h, axis=[1, 2], keepdims=True)
-            s = activation(self.se_reduce(s, se_ch, mode=mode), p.activation)
-            h = h * tf.sigmoid(self.se_expand(s, mid_ch, mode=mode))
-        h = self.project_bn(
-            self.project_conv(h, out_ch, mode=mode), bn_mode=bn_mode, mode=mode, ch=out_ch
-        )
-        if not p.residual:
-            return h
-        shortcut = x
-        if p.shortcut_pool:
-            shortcut = tf.nn.avg_pool2d(shortcut, 2, 2, "SAME")
-        if p.shortcut_conv:
-            shortcut = self.shortcut_conv(shortcut, out_ch, mode=mode)
-            shortcut = self.shortcut_bn(shortcut, bn_mode=bn_mode, mode=mode, ch=out_ch)
-        if active is not None:
-            h = h * active
-        return shortcut + h
+        widths = {"mid": mid_ch, "se": se_ch, "out": out_ch}
+        return run_ops(self.ops, self.op_layer, x, widths, kernel, bn_mode, mode, active)
 
 
 class Supernet(keras.Model):
@@ -216,24 +276,23 @@ class Supernet(keras.Model):
         self.bn_stats = BNStatsStore()
         self.max_plan: NetPlan = net_plan(space, space.largest(), num_classes, stage_shortcuts)
         mp = self.max_plan
+        self.stem_ops = stem_ops(mp)
+        self.head_ops = head_ops(mp, mp.blocks[-1].name + "_out")
 
-        def bn(ch: int, name: str) -> DynamicBatchNorm:
-            return DynamicBatchNorm(ch, bn_epsilon, synchronized=synchronized_bn, name=name)
+        def add_layers(ops: tuple[Op, ...]) -> None:
+            for op in ops:
+                layer = _dynamic_layer(op, 1, False, synchronized_bn, bn_epsilon)
+                if layer is not None:
+                    setattr(self, op.name, layer)
 
-        self.stem_conv = DynamicConv2D(
-            3, mp.stem_ch, mp.stem_kernel, mp.stem_stride, name="stem_conv"
-        )
-        self.stem_bn = bn(mp.stem_ch, "stem_bn")
+        add_layers(self.stem_ops)
         self.blocks = [
             MBConvBlock(
                 b, space.stages[b.stage].max_kernel, zero_init_last_bn, synchronized_bn, bn_epsilon
             )
             for b in mp.blocks
         ]
-        last = mp.blocks[-1].out_ch
-        self.head_conv = DynamicConv2D(last, mp.head_ch, name="head_conv")
-        self.head_bn = bn(mp.head_ch, "head_bn")
-        self.classifier = DynamicDense(mp.head_ch, num_classes, name="classifier")
+        add_layers(self.head_ops)
         self.built = True
 
     # ---- architecture encoding ------------------------------------------------
@@ -331,10 +390,8 @@ class Supernet(keras.Model):
             and (bn_mode == "calibrate" or (bn_mode == "batch" and self.synchronized_bn))
         )
         widths, depths = a["widths"], a["depths"]
-        x = self.stem_conv(images, widths[0], mode=mode)
-        x = activation(
-            self.stem_bn(x, bn_mode=bn_mode, mode=mode, ch=widths[0]), self.max_plan.activation
-        )
+        stem_widths = {"stem": widths[0]}
+        x = run_ops(self.stem_ops, self.op_layer, images, stem_widths, None, bn_mode, mode)
         for i, blk in enumerate(self.blocks):
             p = blk.plan
             kwargs = dict(
@@ -356,12 +413,8 @@ class Supernet(keras.Model):
             else:
                 active = tf.cast(p.index < depths[p.stage], x.dtype)
                 x = blk(x, active=active, **kwargs)
-        head = widths[-1]
-        x = self.head_conv(x, head, mode=mode)
-        x = activation(
-            self.head_bn(x, bn_mode=bn_mode, mode=mode, ch=head), self.max_plan.activation
-        )
-        x = tf.reduce_mean(x, axis=[1, 2])
+        pooled = [op for op in self.head_ops if op.kind not in ("dropout", "dense")]
+        x = run_ops(tuple(pooled), self.op_layer, x, {"head": widths[-1]}, None, bn_mode, mode)
         if isinstance(dropout, tf.Tensor) and training and self.dropout_rate > 0:
             if dropout_seed is None:
                 raise ValueError("a tensor-valued dropout switch needs dropout_seed")
@@ -382,28 +435,26 @@ class Supernet(keras.Model):
         return self.classifier(x)
 
     # ---- per-child BN statistics ----------------------------------------------
+    def op_layer(self, name: str) -> keras.layers.Layer:
+        """The dynamic layer of a stem or head op, by op name."""
+        return getattr(self, name)
+
     def bn_layers(self) -> dict[str, DynamicBatchNorm]:
         """All BN layers by name."""
-        out = {"stem_bn": self.stem_bn, "head_bn": self.head_bn}
+        out = {}
+        for op in self.stem_ops + self.head_ops:
+            if op.kind == "bn":
+                out[op.name] = self.op_layer(op.name)
         for blk in self.blocks:
-            for attr in ("expand_bn", "dw_bn", "project_bn", "shortcut_bn"):
-                layer = getattr(blk, attr, None)
-                if layer is not None:
-                    out[layer.name] = layer
+            for op in blk.ops:
+                if op.kind == "bn":
+                    out[op.name] = blk.op_layer(op.name)
         return out
 
     def bn_channels(self, arch: ArchConfig) -> dict[str, int]:
         """Active channels of every BN layer used by a child (inactive layers omitted)."""
         plan = net_plan(self.space, arch, self.num_classes, self.stage_shortcuts)
-        out = {"stem_bn": plan.stem_ch, "head_bn": plan.head_ch}
-        for b in plan.blocks:
-            if b.expand:
-                out[f"{b.name}_expand_bn"] = b.mid_ch
-            out[f"{b.name}_dw_bn"] = b.mid_ch
-            out[f"{b.name}_project_bn"] = b.out_ch
-            if b.shortcut_conv:
-                out[f"{b.name}_shortcut_bn"] = b.out_ch
-        return out
+        return {op.name: op.out_ch for op in plan_ops(plan) if op.kind == "bn"}
 
     def current_bn_stats(self, arch: ArchConfig) -> BNStats:
         """The moving statistics now in the BN layers, sliced to a child's channels."""
