@@ -1,9 +1,18 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures.
+
+Every test runs on a fresh clone with nothing beside it: image files are built
+from the embedded MNIST digits (`tf_bignas.data.sources.embedded`, bundled in
+an installed package). When the CIFAR-10 JPEG tarball is present beside the
+repository (``../shared/data/cifar10-jpeg.tar.gz``, or the path in
+$TF_BIGNAS_CIFAR_TARBALL), the `sample_jpegs` fixture adds a second
+parametrisation with real photos: more realism, never more coverage, and
+nothing is skipped without it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import io
+import os
 import pathlib
 import tarfile
 
@@ -11,20 +20,33 @@ import numpy as np
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-CIFAR_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-
-# Members of the CIFAR-10 tarball that the data tests use.
-CIFAR_CLASSES = ("airplane", "cat", "ship")
-CIFAR_TRAIN_PER_CLASS = 4
-CIFAR_TEST_PER_CLASS = 2
 
 
-def _cifar_members() -> tuple[str, ...]:
-    names = []
-    for cls in CIFAR_CLASSES:
-        names += [f"train/{cls}/{i:04d}.jpg" for i in range(CIFAR_TRAIN_PER_CLASS)]
-        names += [f"test/{cls}/{i:04d}.jpg" for i in range(CIFAR_TEST_PER_CLASS)]
-    return tuple(names)
+def _cifar_tarball() -> pathlib.Path:
+    """The CIFAR-10 tarball: $TF_BIGNAS_CIFAR_TARBALL, else ../shared/data beside the repo."""
+    override = os.environ.get("TF_BIGNAS_CIFAR_TARBALL")
+    if override is not None:
+        return pathlib.Path(override)
+    return REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+CIFAR_TARBALL = _cifar_tarball()
+# Image sets of `sample_jpegs`: the digits always, CIFAR-10 photos when present.
+IMAGE_SETS = ("digits",) + (("cifar",) if CIFAR_TARBALL.is_file() else ())
+# The CIFAR-10 members `sample_jpegs` uses (two training, two test photos).
+CIFAR_SAMPLES = (
+    "train/cat/0003.jpg",
+    "train/ship/0001.jpg",
+    "test/cat/0000.jpg",
+    "test/ship/0000.jpg",
+)
+
+# The test image folder: three digit classes (label ids follow the sorted names).
+DIGIT_CLASSES = (("four", 4), ("seven", 7), ("two", 2))
+DIGIT_HUES = {"four": (70, 225, 240), "seven": (245, 205, 60), "two": (250, 90, 170)}
+TRAIN_PER_CLASS = 4  # 0000-0002.jpg and 0003.png; plus one odd file per class.
+TEST_PER_CLASS = 2  # 0000-0001.jpg.
+DIGIT_SIDE = 28
 
 
 @pytest.fixture
@@ -37,10 +59,14 @@ def isolated_index_cache(tmp_path, monkeypatch) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def cifar_jpegs() -> dict[str, bytes]:
-    """A few CIFAR-10 JPEG files from ../shared/data, as {member name: bytes}."""
+    """The `CIFAR_SAMPLES` JPEG files from the CIFAR-10 tarball, as {member name: bytes}.
+
+    Only requested through the "cifar" parametrisation of `sample_jpegs`, which
+    exists only when the tarball does.
+    """
     if not CIFAR_TARBALL.is_file():
-        pytest.skip(f"CIFAR-10 tarball not found at {CIFAR_TARBALL} (see shared/data/README.md)")
-    wanted = set(_cifar_members())
+        pytest.fail(f"CIFAR-10 tarball not found at {CIFAR_TARBALL}; no test may require it")
+    wanted = set(CIFAR_SAMPLES)
     found: dict[str, bytes] = {}
     with tarfile.open(CIFAR_TARBALL, "r:gz") as tar:
         for member in tar:
@@ -55,22 +81,51 @@ def cifar_jpegs() -> dict[str, bytes]:
     return found
 
 
+def colour_digit(digit: np.ndarray, index: int, hue: tuple[int, int, int]) -> np.ndarray:
+    """A colour picture of an embedded digit: the stroke in `hue` over a colour gradient.
+
+    The digits themselves are grey (R = G = B); colour makes the conversions
+    and colour operations that the tests check (greyscale, CMYK, saturation)
+    do something.
+
+    Args:
+        digit: RGB uint8 [28, 28, 3] digit, white on black.
+        index: Varies the background between pictures.
+        hue: RGB colour of the stroke.
+
+    Returns:
+        RGB uint8 [28, 28, 3].
+    """
+    alpha = digit[..., 0].astype(np.float64)[..., None] / 255.0
+    yy, xx = np.mgrid[0:DIGIT_SIDE, 0:DIGIT_SIDE] / (DIGIT_SIDE - 1)
+    background = np.stack(
+        [50 + 110 * xx + 9 * index, 35 + 120 * yy, 190 - 90 * xx * yy - 11 * index], axis=-1
+    )
+    out = background * (1.0 - alpha) + np.asarray(hue, np.float64) * alpha
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageFolder:
-    """A temporary image folder with real CIFAR-10 JPEGs and odd files.
+    """A temporary image folder of coloured embedded digits, with odd and corrupt files.
 
     Attributes:
         root: The folder (holding train/ and test/).
+        class_names: The class folders, sorted (label id = position).
+        side: Height and width of every image.
         train_counts: Readable training images per class.
         test_counts: Test images per class.
-        corrupt: Path of the truncated JPEG in train/cat.
-        grey_png: Path of the greyscale PNG (train/cat).
-        rgba_png: Path of the RGBA PNG (train/ship).
-        cmyk_jpeg: Path of the CMYK JPEG (train/airplane).
-        source_rgb: {path of each odd file: the RGB pixels it was made from}.
+        corrupt: Path of the truncated JPEG (train/seven).
+        grey_png: Path of the greyscale PNG (train/seven).
+        rgba_png: Path of the RGBA PNG (train/two).
+        cmyk_jpeg: Path of the CMYK JPEG (train/four).
+        source_rgb: {path of each odd file and of each regular PNG: the RGB
+            pixels it was made from}.
     """
 
     root: pathlib.Path
+    class_names: tuple[str, ...]
+    side: int
     train_counts: dict[str, int]
     test_counts: dict[str, int]
     corrupt: pathlib.Path
@@ -84,57 +139,105 @@ class ImageFolder:
         return f"folder:{self.root}"
 
 
-def _decode_jpeg(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
 @pytest.fixture(scope="session")
-def image_folder(cifar_jpegs: dict[str, bytes], tmp_path_factory) -> ImageFolder:
-    """train/{airplane,cat,ship}: 4 CIFAR JPEGs each plus a CMYK JPEG (airplane), a
-    greyscale PNG and a truncated JPEG (cat), an RGBA PNG and a text file (ship);
-    test/{airplane,cat,ship}: 2 CIFAR JPEGs each. Read-only for tests."""
+def image_folder(tmp_path_factory) -> ImageFolder:
+    """A folder of coloured embedded digits laid out as <split>/<class>/ (read-only for tests).
+
+    train/{four,seven,two}: 0000-0002.jpg and 0003.png each, plus a CMYK JPEG
+    (four), a greyscale PNG and a truncated JPEG (seven), an RGBA PNG and a
+    text file (two), a hidden .DS_Store in every class folder and a hidden
+    AppleDouble "._0000.jpg" (four);
+    test/{four,seven,two}: 0000-0001.jpg each (4:4:4 JPEGs). Hidden entries that a folder
+    source must ignore: a class-like folder train/.ipynb_checkpoints/ and a
+    split-like folder .cache/, both holding a JPEG.
+    """
     from PIL import Image
 
+    from tf_bignas.data import open_source
+
+    examples = open_source("embedded").examples("train")
     root = tmp_path_factory.mktemp("image_folder")
-    for name, data in cifar_jpegs.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    base = {cls: cifar_jpegs[f"train/{cls}/0000.jpg"] for cls in CIFAR_CLASSES}
+    rgb: dict[str, np.ndarray] = {}
+    for cls, digit in DIGIT_CLASSES:
+        which = np.flatnonzero(examples.labels == digit)
+        for split, count, offset in (("train", TRAIN_PER_CLASS, 0), ("test", TEST_PER_CLASS, 10)):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for k in range(count):
+                pixels = colour_digit(examples.items[which[offset + k]], k, DIGIT_HUES[cls])
+                suffix = "png" if split == "train" and k == TRAIN_PER_CLASS - 1 else "jpg"
+                path = folder / f"{k:04d}.{suffix}"
+                # Training JPEGs use PIL's default 4:2:0 chroma subsampling (as
+                # most photos do); test JPEGs keep full chroma (4:4:4), so that
+                # decoding only a crop window (decode_and_crop_jpeg) gives the
+                # very pixels of a full decode and eval crops can be checked
+                # exactly. (With 4:2:0 the chroma upsampling at a crop window's
+                # edge differs: up to ~8 levels on these digits, ~20 on CIFAR-10.)
+                subsampling = 0 if split == "test" else -1
+                Image.fromarray(pixels).save(path, quality=90, subsampling=subsampling)
+                rgb[f"{split}/{cls}/{k:04d}"] = pixels
+            (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1 not an image")
 
-    cmyk = root / "train/airplane/cmyk.jpg"
-    rgb = Image.open(io.BytesIO(base["airplane"])).convert("RGB")
-    rgb.convert("CMYK").save(cmyk, format="JPEG", quality=95)
+    train = root / "train"
+    cmyk = train / "four/cmyk.jpg"
+    Image.fromarray(rgb["train/four/0000"]).convert("CMYK").save(cmyk, format="JPEG", quality=95)
 
-    grey = root / "train/cat/grey.png"
-    grey_pixels = np.asarray(Image.open(io.BytesIO(base["cat"])).convert("L"))
+    grey = train / "seven/grey.png"
+    grey_pixels = np.asarray(Image.fromarray(rgb["train/seven/0000"]).convert("L"))
     Image.fromarray(grey_pixels, mode="L").save(grey, format="PNG")
 
-    corrupt = root / "train/cat/truncated.jpg"
-    corrupt.write_bytes(base["cat"][: len(base["cat"]) // 2])
+    corrupt = train / "seven/truncated.jpg"
+    whole = (train / "seven/0001.jpg").read_bytes()
+    corrupt.write_bytes(whole[: len(whole) // 2])
 
-    rgba = root / "train/ship/rgba.png"
-    ship = _decode_jpeg(base["ship"])
-    alpha = np.full(ship.shape[:2] + (1,), 200, np.uint8)
-    Image.fromarray(np.concatenate([ship, alpha], axis=-1), mode="RGBA").save(rgba, format="PNG")
-    (root / "train/ship/notes.txt").write_text("not an image\n")
+    rgba = train / "two/rgba.png"
+    two = rgb["train/two/0000"]
+    alpha = np.full(two.shape[:2] + (1,), 200, np.uint8)
+    Image.fromarray(np.concatenate([two, alpha], axis=-1), mode="RGBA").save(rgba, format="PNG")
+    (train / "two/notes.txt").write_text("not an image\n")
+
+    # What macOS leaves beside a copied file (an AppleDouble header, not a JPEG).
+    (train / "four/._0000.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    for hidden in (train / ".ipynb_checkpoints", root / ".cache" / "four"):
+        hidden.mkdir(parents=True)
+        (hidden / "0000.jpg").write_bytes((train / "four/0000.jpg").read_bytes())
 
     return ImageFolder(
         root=root,
-        train_counts={c: CIFAR_TRAIN_PER_CLASS + 1 for c in CIFAR_CLASSES},
-        test_counts={c: CIFAR_TEST_PER_CLASS for c in CIFAR_CLASSES},
+        class_names=tuple(cls for cls, _ in DIGIT_CLASSES),
+        side=DIGIT_SIDE,
+        train_counts={cls: TRAIN_PER_CLASS + 1 for cls, _ in DIGIT_CLASSES},
+        test_counts={cls: TEST_PER_CLASS for cls, _ in DIGIT_CLASSES},
         corrupt=corrupt,
         grey_png=grey,
         rgba_png=rgba,
         cmyk_jpeg=cmyk,
         source_rgb={
-            str(cmyk): np.asarray(rgb),
+            str(cmyk): rgb["train/four/0000"],
             str(grey): np.repeat(grey_pixels[..., None], 3, axis=-1),
-            str(rgba): ship,
+            str(rgba): two,
+            **{str(train / cls / "0003.png"): rgb[f"train/{cls}/0003"] for cls, _ in DIGIT_CLASSES},
         },
     )
+
+
+@pytest.fixture(scope="session", params=IMAGE_SETS)
+def sample_jpegs(request, image_folder: ImageFolder) -> list[bytes]:
+    """Four JPEG files of one image set, all of one size: two training, two test images.
+
+    "digits": files of `image_folder` (28x28); "cifar" (only when the tarball
+    is present): real CIFAR-10 photos (32x32).
+    """
+    if request.param == "cifar":
+        found = request.getfixturevalue("cifar_jpegs")
+        return [found[name] for name in CIFAR_SAMPLES]
+    names = (
+        "train/seven/0002.jpg",
+        "train/two/0001.jpg",
+        "test/four/0000.jpg",
+        "test/two/0000.jpg",
+    )
+    return [(image_folder.root / name).read_bytes() for name in names]
 
 
 def quickstart_config(**overrides):

@@ -1,4 +1,9 @@
-"""AutoAugment / RandAugment operations against PIL, on a real CIFAR-10 image."""
+"""AutoAugment / RandAugment operations against PIL, on real images.
+
+`sample_jpegs` (tests/conftest.py) gives a coloured embedded digit (28x28),
+and also a CIFAR-10 photo (32x32) when its tarball is present beside the
+repository.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,8 @@ GREY = (128, 128, 128)
 
 
 @pytest.fixture(scope="module")
-def photo(cifar_jpegs) -> Image.Image:
-    return Image.open(io.BytesIO(cifar_jpegs["train/cat/0003.jpg"])).convert("RGB")
+def photo(sample_jpegs) -> Image.Image:
+    return Image.open(io.BytesIO(sample_jpegs[0])).convert("RGB")
 
 
 def _run(fn, photo: Image.Image, strength: float, sign: float = 1.0) -> np.ndarray:
@@ -28,6 +33,16 @@ def _run(fn, photo: Image.Image, strength: float, sign: float = 1.0) -> np.ndarr
 
 def _affine(photo: Image.Image, coeffs: tuple[float, ...]) -> Image.Image:
     return photo.transform(photo.size, Image.AFFINE, coeffs, fillcolor=GREY)
+
+
+# A shift of (150/331) * 0.5 of the side, rounded: 6.34 -> 6 px at 28 px, 7.25 -> 7 px at 32 px.
+HALF_TRANSLATE_PX = {28: 6, 32: 7}
+
+
+def _translate(photo: Image.Image, dx_sign: int, dy_sign: int) -> Image.Image:
+    assert photo.width == photo.height
+    shift = HALF_TRANSLATE_PX[photo.width]
+    return _affine(photo, (1, 0, dx_sign * shift, 0, 1, dy_sign * shift))
 
 
 # (op, strength, sign, PIL reference): the ranges of the module docstring.
@@ -49,9 +64,8 @@ CASES = (
     (augment.rotate, 0.5, -1.0, lambda im: im.rotate(-15, fillcolor=GREY)),
     (augment.shear_x, 0.5, 1.0, lambda im: _affine(im, (1, 0.15, 0, 0, 1, 0))),
     (augment.shear_y, 1.0, -1.0, lambda im: _affine(im, (1, 0, 0, -0.3, 1, 0))),
-    # 150/331 of 32 px at strength 0.5 rounds to 7 px.
-    (augment.translate_x, 0.5, 1.0, lambda im: _affine(im, (1, 0, -7, 0, 1, 0))),
-    (augment.translate_y, 0.5, -1.0, lambda im: _affine(im, (1, 0, 0, 0, 1, 7))),
+    (augment.translate_x, 0.5, 1.0, lambda im: _translate(im, -1, 0)),
+    (augment.translate_y, 0.5, -1.0, lambda im: _translate(im, 0, 1)),
 )
 
 
@@ -102,7 +116,8 @@ def test_policies_are_seeded(photo, fn):
     np.testing.assert_array_equal(runs[3], again)
     distinct = {r.tobytes() for r in runs.values()}
     assert len(distinct) >= 6  # Different seeds pick different sub-policies.
-    assert all(r.shape == (32, 32, 3) and r.dtype == np.uint8 for r in runs.values())
+    side = photo.width
+    assert all(r.shape == (side, side, 3) and r.dtype == np.uint8 for r in runs.values())
 
 
 def test_rand_augment_arguments(photo):

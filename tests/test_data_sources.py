@@ -1,4 +1,4 @@
-"""Tests of tf_bignas.data.sources on real images (CIFAR-10 JPEGs, MNIST digits)."""
+"""Tests of tf_bignas.data.sources on real images (the embedded MNIST digits, as files)."""
 
 from __future__ import annotations
 
@@ -39,16 +39,20 @@ def test_folder_counts_skips_corrupt_file_and_warns(image_folder, caplog):
     with caplog.at_level(logging.WARNING):
         src = sources.FolderSource(str(image_folder.root))
         info = src.info("train")
-    assert info.class_names == ("airplane", "cat", "ship")
+    # Hidden folders (train/.ipynb_checkpoints, .cache) are neither classes nor splits.
+    assert info.class_names == image_folder.class_names == ("four", "seven", "two")
+    assert src.splits() == ("test", "train")
     assert info.num_examples == sum(image_folder.train_counts.values())
     assert src.class_counts("train") == image_folder.train_counts
     assert [s.path for s in info.skipped] == [str(image_folder.corrupt)]
     assert info.skipped[0].reason
     assert str(image_folder.corrupt) in caplog.text
-    # The skipped file is not in the examples; the text file is ignored.
+    # The skipped file is not in the examples; the text file and hidden files are ignored.
     paths = [p.decode() for p, _ in src.examples("train").dataset.as_numpy_iterator()]
     assert str(image_folder.corrupt) not in paths
     assert not any(p.endswith(".txt") for p in paths)
+    assert not any("/." in p for p in paths)
+    assert any(p.endswith(".png") for p in paths) and any(p.endswith(".jpg") for p in paths)
     assert len(paths) == info.num_examples
 
 
@@ -67,7 +71,7 @@ def test_folder_grey_rgba_cmyk_come_out_rgb(image_folder):
         decoded[path.decode()] = transforms.decode_rgb(tf.io.read_file(path)).numpy()
     for path, expected in image_folder.source_rgb.items():
         image = decoded[path]
-        assert image.shape == (32, 32, 3) and image.dtype == np.uint8, path
+        assert image.shape == (image_folder.side,) * 2 + (3,) and image.dtype == np.uint8, path
         tolerance = 4.0 if path.endswith("cmyk.jpg") else 0.0  # JPEG re-encoding
         assert np.abs(image.astype(int) - expected).mean() <= tolerance, path
     grey = decoded[str(image_folder.grey_png)]
@@ -76,7 +80,7 @@ def test_folder_grey_rgba_cmyk_come_out_rgb(image_folder):
 
 def test_folder_strict_names_corrupt_file(image_folder):
     src = sources.FolderSource(str(image_folder.root), strict=True)
-    with pytest.raises(sources.CorruptImageError, match="truncated.jpg"):
+    with pytest.raises(sources.CorruptImageError, match=r"seven/truncated\.jpg"):
         src.info("train")
 
 
@@ -119,7 +123,7 @@ def test_folder_minival_is_held_out_and_stratified(image_folder):
         .dataset.as_numpy_iterator()
     }
     assert len(minival) == 6 and not train & minival and train | minival == whole
-    assert src.class_counts("minival") == {"airplane": 2, "cat": 2, "ship": 2}
+    assert src.class_counts("minival") == {"four": 2, "seven": 2, "two": 2}
     again = sources.FolderSource(str(image_folder.root), minival=6)
     assert {p.decode() for p, _ in again.examples("minival").dataset.as_numpy_iterator()} == (
         minival
@@ -176,16 +180,20 @@ def test_embedded_shards_disjoint_and_cover():
     )
 
 
-# TFDS source, on a tiny dataset prepared locally from the CIFAR-10 JPEGs.
+# TFDS source, on a tiny dataset prepared locally from the test image folder.
 
 
 @pytest.fixture(scope="module")
 def tfds_dir(image_folder, tmp_path_factory):
-    files = sorted(str(p) for p in (image_folder.root / "train").glob("*/0*.jpg"))
-    test_files = sorted(str(p) for p in (image_folder.root / "test").glob("*/*.jpg"))
+    # The regular files (JPEG and PNG), not the odd ones.
+    root, classes = image_folder.root, image_folder.class_names
+    files = sorted(str(p) for c in classes for p in (root / "train" / c).glob("0*"))
+    test_files = sorted(str(p) for c in classes for p in (root / "test" / c).glob("0*"))
+    assert len(files) == 12 and len(test_files) == 6
+    side = image_folder.side
 
-    class CifarFolderForTest(tfds.core.GeneratorBasedBuilder):
-        """CIFAR-10 JPEGs from the test image folder."""
+    class DigitFolderForTest(tfds.core.GeneratorBasedBuilder):
+        """Digit JPEGs and PNGs from the test image folder."""
 
         VERSION = tfds.core.Version("1.0.0")
 
@@ -194,8 +202,8 @@ def tfds_dir(image_folder, tmp_path_factory):
                 builder=self,
                 features=tfds.features.FeaturesDict(
                     {
-                        "image": tfds.features.Image(shape=(32, 32, 3), encoding_format="jpeg"),
-                        "label": tfds.features.ClassLabel(names=["airplane", "cat", "ship"]),
+                        "image": tfds.features.Image(shape=(side, side, 3)),
+                        "label": tfds.features.ClassLabel(names=image_folder.class_names),
                     }
                 ),
                 supervised_keys=("image", "label"),
@@ -213,17 +221,17 @@ def tfds_dir(image_folder, tmp_path_factory):
                 yield p, {"image": p, "label": p.split("/")[-2]}
 
     data_dir = tmp_path_factory.mktemp("tfds")
-    CifarFolderForTest(data_dir=str(data_dir)).download_and_prepare(
+    DigitFolderForTest(data_dir=str(data_dir)).download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
     return str(data_dir)
 
 
 def test_tfds_source_reads_and_shards(tfds_dir, image_folder):
-    src = sources.open_source("tfds:cifar_folder_for_test", data_dir=tfds_dir, minival=3)
+    src = sources.open_source("tfds:digit_folder_for_test", data_dir=tfds_dir, minival=3)
     assert src.splits() == ("test", "train", "minival")
     info = src.info("train")
-    assert info.class_names == ("airplane", "cat", "ship") and info.num_examples == 9
+    assert info.class_names == image_folder.class_names and info.num_examples == 9
     assert src.class_counts("test") == image_folder.test_counts
     whole = [_digest(x) for x, _ in _read_all(src.examples("test"))]
     shards = [
@@ -260,10 +268,10 @@ def test_folder_decode_checks_are_cached(image_folder, tmp_path, monkeypatch):
     assert calls == [[]]  # Nothing decoded again.
     assert second.skipped == first.skipped and second.num_examples == first.num_examples
     assert second.decoded_bytes == first.decoded_bytes
-    damaged = root / "train" / "ship" / "0002.jpg"
+    damaged = root / "train" / "two" / "0002.jpg"
     damaged.write_bytes(damaged.read_bytes()[:100])
     third = sources.FolderSource(str(root), index_cache_dir=cache).info("train")
     assert calls[-1] == [str(damaged)]  # Only the changed file.
     assert sorted(s.path for s in third.skipped) == sorted(
-        [str(root / "train" / "cat" / "truncated.jpg"), str(damaged)]
+        [str(root / "train" / "seven" / "truncated.jpg"), str(damaged)]
     )

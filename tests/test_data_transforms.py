@@ -1,4 +1,8 @@
-"""Tests of tf_bignas.data.transforms and normalization on real CIFAR-10 JPEGs."""
+"""Tests of tf_bignas.data.transforms and normalization on real JPEGs.
+
+`sample_jpegs` (tests/conftest.py) gives JPEGs of the embedded digits, and
+also CIFAR-10 photos when their tarball is present beside the repository.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("isolated_index_cache")
 
 
 @pytest.fixture(scope="module")
-def jpeg(cifar_jpegs) -> bytes:
-    return cifar_jpegs["train/ship/0001.jpg"]
+def jpeg(sample_jpegs) -> bytes:
+    return sample_jpegs[1]
 
 
 def test_random_crop_window_stays_inside_and_respects_scale():
@@ -52,12 +56,14 @@ def test_train_patch_same_for_pixels_bytes_and_paths(jpeg, tmp_path, augment):
 
 def test_train_patch_without_crop_is_image_or_its_mirror(jpeg):
     image = transforms.decode_rgb(jpeg)
+    side = int(image.shape[0])
+    assert image.shape == (side, side, 3)
     flips = set()
     for i in range(8):
         patch = transforms.train_patch(
             image,
             tf.constant([i, 0]),
-            base_resolution=32,
+            base_resolution=side,
             kind="pixels",
             augment="none",
             crop_scale=(1.0, 1.0),
@@ -77,13 +83,12 @@ def test_png_and_jpeg_paths_decode_to_rgb(image_folder):
         assert out.shape == (24, 24, 3) and out.dtype == tf.uint8
 
 
-def test_resize_patches_shares_one_patch(cifar_jpegs):
-    patches = tf.stack(
-        [transforms.decode_rgb(cifar_jpegs[f"test/{c}/0000.jpg"]) for c in ("cat", "ship")]
-    )
-    out = transforms.resize_patches(patches, (16, 32))
-    assert set(out) == {16, 32} and out[16].dtype == tf.float32
-    np.testing.assert_array_equal(out[32].numpy(), patches.numpy().astype(np.float32))
+def test_resize_patches_shares_one_patch(sample_jpegs):
+    patches = tf.stack([transforms.decode_rgb(data) for data in sample_jpegs[2:]])
+    side = int(patches.shape[1])
+    out = transforms.resize_patches(patches, (16, side))
+    assert set(out) == {16, side} and out[16].dtype == tf.float32
+    np.testing.assert_array_equal(out[side].numpy(), patches.numpy().astype(np.float32))
     expected = tf.image.resize(tf.cast(patches, tf.float32), [16, 16], "bicubic", antialias=True)
     np.testing.assert_allclose(out[16], np.round(np.clip(expected, 0, 255)), atol=1e-4)
 

@@ -267,7 +267,9 @@ class FolderSource(Source):
         for name in found:
             class_dir = os.path.join(split_dir, name)
             files = sorted(
-                f for f in tf.io.gfile.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS)
+                f
+                for f in tf.io.gfile.listdir(class_dir)
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
             )
             if not files:
                 raise DataSourceError(
