@@ -292,6 +292,12 @@ class Supernet(keras.Model):
             )
             for b in mp.blocks
         ]
+        # Keras 3 does not hand list attributes to tf.train.Checkpoint: without
+        # this, a training checkpoint reaches the block weights only through the
+        # optimizer, and a model-only restore (an unfinished workdir opened for
+        # export) would silently leave every block at its initial weights.
+        for blk in self.blocks:
+            self._track_trackable(blk, name=blk.name)
         add_layers(self.head_ops)
         self.built = True
 
