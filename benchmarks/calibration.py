@@ -48,6 +48,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _CHILDREN = flags.DEFINE_integer("children", 20, "Timed random children.")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Timed repeats per child.")
+_CALIB_BATCHES = flags.DEFINE_integer(
+    "calibration_batches", 16, "Calibration batches (of the training batch size) per child."
+)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Optional quickstart workdir whose supernet.weights.h5 is loaded."
 )
@@ -125,7 +128,7 @@ def main(argv: list[str]) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     d, batch = config.data, config.train.batch_size
-    num_calib = config.train.calibration_batches
+    num_calib = _CALIB_BATCHES.value
     info = data_lib.dataset_info(d.source, d.train_split)
     space = build_space(config)
     net = build_supernet(config, space, info.num_classes)

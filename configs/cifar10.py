@@ -31,6 +31,5 @@ def get_config():
     c.train.log_every = 50
     c.train.checkpoint_every = 500
     c.train.eval_every = 1000
-    c.train.calibration_batches = 32
     c.runtime.threads = 2
     return c

@@ -33,6 +33,5 @@ def get_config():
     c.train.log_every = 100
     c.train.checkpoint_every = 300
     c.train.eval_every = 0
-    c.train.calibration_batches = 16
     c.runtime.threads = 2
     return c

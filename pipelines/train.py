@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's C++ INFO
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from tf_bignas.train.config import validate_config  # noqa: E402
 from tf_bignas.train.distribute import STRATEGIES, build_strategy  # noqa: E402
 from tf_bignas.train.loop import NonFiniteLossError, train  # noqa: E402
 
@@ -46,6 +47,7 @@ def main(argv: list[str]) -> None:
         if _TPU.value is not None:
             config.runtime.tpu = _TPU.value
     try:
+        validate_config(config)  # before connecting to devices or writing anything
         strategy = build_strategy(config.runtime.strategy, config.runtime.tpu)
         train(config, _WORKDIR.value, max_steps=_MAX_STEPS.value or None, strategy=strategy,
               log=lambda line: print(line, flush=True))  # fmt: skip

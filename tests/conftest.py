@@ -262,7 +262,8 @@ def trained_workdir(tmp_path_factory) -> str:
 
     48 sandwich steps of batch 16 (0.192 epochs of the 4,000 training digits), a
     minival of 200 digits held out of training for architecture selection, BN
-    calibration on 4 batches, evaluation on 8 batches of the "test" split. The
+    calibration on 64 random training digits (4 batches of 16), evaluation on 8
+    batches of the "test" split. The
     children are far from converged; tests use it for plumbing, not accuracy.
     """
     from tf_bignas.train.loop import train
@@ -273,7 +274,8 @@ def trained_workdir(tmp_path_factory) -> str:
         train__epochs=48 * 16 / 3800,
         train__log_every=24,
         train__checkpoint_every=24,
-        train__calibration_batches=4,
+        train__calibration_images=64,
+        train__calibration_batch_size=16,
         train__eval_batches=8,
         data__minival=200,
         runtime__threads=1,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import pytest
 
 from tf_bignas.model import cost
 from tf_bignas.space import get_space
-from tf_bignas.train.config import build_space, default_config
+from tf_bignas.train.config import build_schedule, build_space, default_config, validate_config
+from tf_bignas.train.workdir import read_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
@@ -59,3 +61,56 @@ def test_imagenet_config_is_the_papers_recipe():
     assert c.sandwich.label_smoothing == 0.1 and c.sandwich.weight_decay == 1e-5
     assert c.model.dropout_rate == 0.2 and not c.sandwich.regularize_all_children
     assert c.model.zero_init_last_bn and c.model.stage_shortcuts
+
+
+def test_imagenet_config_follows_efficientnet_where_the_paper_is_silent():
+    c = _load("bignas_imagenet").get_config()
+    assert c.schedule.staircase and c.schedule.decay_from == "step0"
+    assert c.optimizer.ema and c.optimizer.ema_decay == 0.9999
+    assert c.model.mode == "mask" and c.runtime.strategy == "tpu"
+    assert c.train.calibration_images == 2048 and c.train.calibration_batch_size == 256
+    validate_config(c)
+    # 1,231,167 training images (ImageNet minus the minival) at 4096: 300 steps an epoch.
+    schedule = build_schedule(c, steps_per_epoch=300, total_steps=108_000)
+    lr = 0.256  # at the reference batch
+    assert float(schedule(1499)) == pytest.approx(lr, rel=1e-5)  # last warmup step
+    assert float(schedule(1500)) == pytest.approx(lr * 0.97**2, rel=1e-5)  # epoch 5: 2 decays
+    assert float(schedule(300 * 100)) == pytest.approx(lr * 0.97**41, rel=1e-5)  # floor(100/2.4)
+    assert float(schedule(300 * 238)) == pytest.approx(lr * 0.05, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"runtime.strategy": "tpu"}, "model.mode='slice'.*use --config.model.mode=mask"),
+        ({"runtime.jit_compile": True}, "use --config.model.mode=mask"),
+        ({"schedule.decay_from": "warmup"}, "decay_from='warmup' is unknown"),
+        ({"train.calibration_images": 0}, "train.calibration_images must be a positive int"),
+        (
+            {"train.calibration_batch_size": -3},
+            "calibration_batch_size must be a positive int, got -3",
+        ),
+    ],
+)
+def test_invalid_combinations_are_rejected_up_front(overrides, message):
+    c = default_config()
+    assert c.model.mode == "slice"
+    validate_config(c)
+    with c.unlocked():
+        for key, value in overrides.items():
+            section, name = key.split(".")
+            c[section][name] = value
+    with pytest.raises(ValueError, match=message):
+        validate_config(c)
+
+
+def test_a_workdir_config_of_an_older_version_still_reads(tmp_path):
+    old = default_config().to_dict()
+    del old["train"]["calibration_images"], old["train"]["calibration_batch_size"]
+    del old["schedule"]["staircase"], old["schedule"]["decay_from"]
+    old["train"]["calibration_batches"] = 16
+    old["train"]["batch_size"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    c = read_config(str(tmp_path))
+    assert c.train.calibration_images == 16 * 64  # as many images as it calibrated on
+    assert not c.schedule.staircase and c.schedule.decay_from == "warmup_end"  # as it trained

@@ -104,7 +104,8 @@ def test_a_finished_run_reports_calibrated_accuracies(tmp_path):
     out = _run(
         workdir,
         "--config.train.epochs=0.02",  # 5 steps of 16 digits
-        "--config.train.calibration_batches=2",
+        "--config.train.calibration_images=40",
+        "--config.train.calibration_batch_size=16",
         "--config.train.eval_every=2",
         "--config.train.eval_batches=4",
         "--config.optimizer.ema=True",
@@ -112,8 +113,11 @@ def test_a_finished_run_reports_calibrated_accuracies(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 2 eval largest top1" in out.stdout and "step 4 eval" in out.stdout
     assert "largest child: top1" in out.stdout and "smallest child: top1" in out.stdout
+    assert "EMA weights, BN calibrated on 40 training images" in out.stdout
     results = json.loads((workdir / "results.json").read_text())
     assert set(results["children"]) == {"largest", "smallest"}
+    assert results["weights"] == "ema" and results["ema_decay"] == 0.9999
+    assert results["calibration"] == {"split": "train", "images": 40, "batch_size": 16, "seed": 0}
     for child in results["children"].values():
         assert child["num_examples"] == 64  # eval_batches=4 of 16
         assert 0.0 <= child["top1"] <= child["top5"] <= 1.0
@@ -124,10 +128,16 @@ def test_a_finished_run_reports_calibrated_accuracies(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flag", ["--strategy=tpu", "--config.data.source=folder:/nonexistent/data"]
+    "flags, message",
+    [
+        (["--strategy=tpu"], "use --config.model.mode=mask"),
+        (["--strategy=tpu", "--config.model.mode=mask"], "no TPU found"),
+        (["--config.data.source=folder:/nonexistent/data"], "/nonexistent/data"),
+    ],
 )
-def test_bad_runtime_input_is_a_clear_error(tmp_path, flag):
-    out = _run(tmp_path / "w", flag, "--max_steps=1")
+def test_bad_runtime_input_is_a_clear_error(tmp_path, flags, message):
+    out = _run(tmp_path / "w", *flags, "--max_steps=1")
     assert out.returncode != 0
-    assert "error:" in out.stderr
-    assert ("no TPU found" in out.stderr) or ("/nonexistent/data" in out.stderr)
+    assert "error:" in out.stderr and message in out.stderr
+    if "--strategy=tpu" in flags:
+        assert not (tmp_path / "w").exists()  # rejected before anything was written

@@ -14,7 +14,12 @@ Example:
 """
 
 from tf_bignas.data.normalization import DEFAULT_NORMALIZATION, Normalization
-from tf_bignas.data.pipeline import build_eval_dataset, build_train_dataset, dataset_info
+from tf_bignas.data.pipeline import (
+    build_calibration_dataset,
+    build_eval_dataset,
+    build_train_dataset,
+    dataset_info,
+)
 from tf_bignas.data.report import inspect_data
 from tf_bignas.data.sources import (
     CorruptImageError,
@@ -33,6 +38,7 @@ __all__ = [
     "Normalization",
     "SkippedFile",
     "Source",
+    "build_calibration_dataset",
     "build_eval_dataset",
     "build_train_dataset",
     "dataset_info",

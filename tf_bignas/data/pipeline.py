@@ -339,11 +339,15 @@ def build_eval_dataset(
     cache: CacheOption = "auto",
     normalization: Normalization = DEFAULT_NORMALIZATION,
     drop_remainder: bool = False,
+    sample: int | None = None,
+    sample_seed: int = 0,
+    normalize: bool = True,
 ) -> tf.data.Dataset:
     """Builds the evaluation pipeline: centre crop, bicubic resize, normalise.
 
-    One pass over the split in a fixed order. When cached, the resized images
-    are cached, so repeated evaluations at one resolution skip decoding.
+    One pass over the split (or over a fixed random sample of it) in a fixed
+    order. When cached, the resized images are cached, so repeated evaluations
+    at one resolution skip decoding.
 
     Args:
         source: "folder:PATH", "tfds:NAME", "embedded", or an open `Source`.
@@ -359,13 +363,23 @@ def build_eval_dataset(
             `CACHE_LIMIT_BYTES`), True or False.
         normalization: The input normalisation.
         drop_remainder: Drop the last partial batch.
+        sample: Read only this many examples (all of the split if it has
+            fewer), drawn at random without replacement by `sample_seed`: the
+            same examples on every call. With `input_context`, each input
+            pipeline reads its share of its shard. Sources without random access
+            (TFDS) give the first examples of their (generation-shuffled) files.
+        sample_seed: Seed of the sample.
+        normalize: Normalise on the host (float32 output); False yields the
+            uint8 pixels, for the network side to normalise (with the same
+            `normalization`, e.g. `tf_bignas.train.calibration.network_input`).
 
     Returns:
-        A dataset of `{"image": float32 [B, r, r, 3], "label": int32 [B]}`.
+        A dataset of `{"image": float32 [B, r, r, 3], "label": int32 [B]}`
+        (uint8 images if `normalize` is False).
 
     Raises:
-        ValueError: On a bad resolution, batch size, crop fraction or cache
-            option.
+        ValueError: On a bad resolution, batch size, crop fraction, sample or
+            cache option.
         sources.DataSourceError: On a bad source, split or minival size.
         FileNotFoundError: If a folder source or split folder is missing.
     """
@@ -373,28 +387,112 @@ def build_eval_dataset(
     _check_batch_size(batch_size)
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    if sample is not None and (
+        isinstance(sample, bool) or not isinstance(sample, int) or sample < 1
+    ):
+        raise ValueError(f"sample must be a positive int or None, got {sample!r}")
     src = sources.open_source(source, data_dir=data_dir, minival=minival, strict=strict)
     num_shards, shard_index, per_replica = _shard_and_batch(batch_size, input_context)
     examples = src.examples(split, num_shards=num_shards, shard_index=shard_index)
     kind = examples.kind
+    ds, num_examples = examples.dataset, examples.num_examples
+    if sample is not None:
+        ds, num_examples = _sampled(examples, -(-sample // num_shards), sample_seed)
 
     def transform(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         out = transforms.eval_image(image, resolution, kind=kind, crop_fraction=crop_fraction)
         return out, label
 
-    ds = examples.dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     if kind != "pixels" and not examples.validated and not strict:
         ds = ds.ignore_errors(log_warning=True)
-    cached_bytes = examples.num_examples * resolution * resolution * 3
+    cached_bytes = num_examples * resolution * resolution * 3
     if _should_cache(cache, cached_bytes, 1):
         ds = ds.cache()
     ds = ds.batch(per_replica, drop_remainder=drop_remainder)
 
     def finish(images: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"image": normalization.apply(images), "label": labels}
+        return {"image": normalization.apply(images) if normalize else images, "label": labels}
 
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(True, input_context is not None))
+
+
+def build_calibration_dataset(
+    source: str | sources.Source,
+    split: str,
+    resolution: int,
+    num_images: int,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    data_dir: str | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    minival: int | float | None = None,
+    strict: bool = False,
+    cache: CacheOption = "auto",
+    normalization: Normalization = DEFAULT_NORMALIZATION,
+    normalize: bool = True,
+) -> tf.data.Dataset:
+    """The images BN calibration averages over: a fixed random sample of a split.
+
+    `num_images` examples drawn at random (by `seed`) from the split, the same
+    ones on every call, so every child is calibrated on the same images;
+    centre-cropped and resized like evaluation. A random sample, not the first
+    images: folder and embedded sources list their images class by class, so
+    the first few thousand would hold one or two classes. Small enough to be
+    cached in memory after its first full pass (read it to the end).
+
+    Args:
+        source: "folder:PATH", "tfds:NAME", "embedded", or an open `Source`.
+        split: The split, usually the training split.
+        resolution: Output resolution.
+        num_images: Images in the sample (the whole split if it has fewer).
+        batch_size: Global batch size (the last batch may be partial).
+        seed: Seed of the sample.
+        data_dir: TFDS data directory (TFDS sources).
+        input_context: From `distribute_datasets_from_function`, or None.
+        minival: Minival size (number or fraction of train images), or None.
+        strict: Folder sources: fail on an unreadable file instead of skipping it.
+        cache: As `build_eval_dataset`.
+        normalization: The input normalisation.
+        normalize: Normalise on the host (float32), or yield uint8 pixels.
+
+    Returns:
+        A dataset of `{"image": [B, r, r, 3], "label": int32 [B]}`.
+
+    Raises:
+        ValueError: On a bad resolution, batch size or image count.
+        sources.DataSourceError: On a bad source, split or minival size.
+    """
+    return build_eval_dataset(
+        source,
+        split,
+        resolution,
+        batch_size,
+        data_dir=data_dir,
+        input_context=input_context,
+        minival=minival,
+        strict=strict,
+        cache=cache,
+        normalization=normalization,
+        sample=num_images,
+        sample_seed=seed,
+        normalize=normalize,
+    )
+
+
+def _sampled(examples: sources.Examples, count: int, seed: int) -> tuple[tf.data.Dataset, int]:
+    """(dataset of `count` examples drawn at random without replacement, its size)."""
+    count = min(count, examples.num_examples)
+    if examples.items is None or examples.labels is None:
+        return examples.dataset.take(count), count
+    order = np.random.default_rng(seed).permutation(len(examples.labels))[:count]
+    items = examples.items[order]
+    if items.dtype == object:
+        items = tf.constant([p if isinstance(p, bytes) else str(p) for p in items])
+    labels = np.asarray(examples.labels, np.int32)[order]
+    return tf.data.Dataset.from_tensor_slices((items, labels)), count
 
 
 def dataset_info(

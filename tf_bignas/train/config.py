@@ -11,7 +11,9 @@ import ml_collections
 
 from tf_bignas.model import Supernet
 from tf_bignas.space import SearchSpace, get_space
-from tf_bignas.train.calibration import DEFAULT_CALIBRATION_BATCHES
+from tf_bignas.train.calibration import DEFAULT_CALIBRATION_BATCH_SIZE, DEFAULT_CALIBRATION_IMAGES
+from tf_bignas.train.distribute import STRATEGIES
+from tf_bignas.train.schedules import DECAY_FROM, KINDS, BigNASSchedule, scaled_learning_rate
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -71,6 +73,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.schedule.decay_epochs = 2.4
     c.schedule.final_lr_fraction = 0.05
     c.schedule.constant_ending = True
+    # As EfficientNet's TPU code: 0.97 once every 2.4 epochs, counted from step 0
+    # (warmup included). staircase=False / decay_from="warmup_end" decay
+    # smoothly from the end of warmup instead.
+    c.schedule.staircase = True
+    c.schedule.decay_from = "step0"  # or "warmup_end"
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 4096
@@ -82,7 +89,11 @@ def default_config() -> ml_collections.ConfigDict:
     # shuffle buffer: small for in-memory data, about 1 GB for ImageNet from TFDS.
     c.train.checkpoint_data = True
     c.train.eval_every = 5000  # 0 = only at the end
-    c.train.calibration_batches = DEFAULT_CALIBRATION_BATCHES
+    # BN calibration of each evaluated child: a fixed random sample of the
+    # training split (the same images for every child), in batches of its own
+    # size; see tf_bignas.train.calibration for the choice of 2,048.
+    c.train.calibration_images = DEFAULT_CALIBRATION_IMAGES
+    c.train.calibration_batch_size = DEFAULT_CALIBRATION_BATCH_SIZE
     c.train.eval_batches = 0  # 0 = the whole eval split
 
     c.runtime = ml_collections.ConfigDict()
@@ -92,6 +103,73 @@ def default_config() -> ml_collections.ConfigDict:
     c.runtime.jit_compile = False  # XLA for each child pass on GPU (needs model.mode="mask")
     c.runtime.threads = 0  # intra/inter-op threads; 0 = TensorFlow's default
     return c
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Rejects option combinations that would fail later, before anything is written.
+
+    Args:
+        config: The resolved config.
+
+    Raises:
+        ValueError: Naming the option, its value and what is allowed.
+    """
+    rt, m, s, t = config.runtime, config.model, config.schedule, config.train
+    if rt.strategy not in STRATEGIES:
+        raise ValueError(
+            f"runtime.strategy={rt.strategy!r} is unknown; allowed: {list(STRATEGIES)}"
+        )
+    if m.mode not in ("slice", "mask"):
+        raise ValueError(f"model.mode={m.mode!r} is unknown; allowed: ['slice', 'mask']")
+    if rt.strategy == "tpu" and m.mode != "mask":
+        raise ValueError(
+            f"runtime.strategy='tpu' needs static shapes, but model.mode={m.mode!r} slices "
+            "weights to dynamic shapes that XLA cannot compile; use --config.model.mode=mask"
+        )
+    if rt.jit_compile and m.mode != "mask":
+        raise ValueError(
+            f"runtime.jit_compile=True needs static shapes, but model.mode={m.mode!r}; "
+            "use --config.model.mode=mask"
+        )
+    if s.kind not in KINDS:
+        raise ValueError(f"schedule.kind={s.kind!r} is unknown; allowed: {list(KINDS)}")
+    if s.decay_from not in DECAY_FROM:
+        raise ValueError(
+            f"schedule.decay_from={s.decay_from!r} is unknown; allowed: {list(DECAY_FROM)}"
+        )
+    for name in ("batch_size", "calibration_images", "calibration_batch_size"):
+        value = t[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train.{name} must be a positive int, got {value!r}")
+
+
+def build_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+) -> BigNASSchedule:
+    """The config's learning-rate schedule (LR scaled linearly to the batch size).
+
+    Args:
+        config: The resolved config (sections optimizer, schedule, train).
+        steps_per_epoch: Optimizer steps per epoch.
+        total_steps: Steps of the whole run.
+
+    Returns:
+        The schedule.
+    """
+    o, s = config.optimizer, config.schedule
+    return BigNASSchedule(
+        scaled_learning_rate(o.base_lr, config.train.batch_size, o.reference_batch),
+        steps_per_epoch,
+        total_steps,
+        kind=s.kind,
+        warmup_epochs=s.warmup_epochs,
+        decay_rate=s.decay_rate,
+        decay_epochs=s.decay_epochs,
+        final_lr_fraction=s.final_lr_fraction,
+        constant_ending=s.constant_ending,
+        staircase=s.staircase,
+        decay_from=s.decay_from,
+    )
 
 
 def build_space(config: ml_collections.ConfigDict) -> SearchSpace:

@@ -12,7 +12,10 @@ order and augmentation are restored with the iterator.
 At the end the smallest and largest children are BN-calibrated and evaluated
 on the held-out split; results go to `workdir/results.json`, the calibrated
 statistics to `workdir/bn_stats.npz`, and the final supernet weights (the EMA
-weights when EMA is on) to `workdir/supernet.weights.h5`.
+weights when EMA is on) to `workdir/supernet.weights.h5`. With EMA on, every
+evaluation, mid-run ones included, calibrates and evaluates the EMA weights
+(the weights the run delivers); `results.json` says which ("weights": "ema"
+or "raw") and on how many training images the children were calibrated.
 """
 
 from __future__ import annotations
@@ -32,10 +35,15 @@ from tf_bignas import data as data_lib
 from tf_bignas.common.files import atomic_write_json
 from tf_bignas.train import workdir as wd
 from tf_bignas.train.calibration import Accuracy, ChildEvaluator
-from tf_bignas.train.config import build_space, build_supernet, minival_size
+from tf_bignas.train.config import (
+    build_schedule,
+    build_space,
+    build_supernet,
+    minival_size,
+    validate_config,
+)
 from tf_bignas.train.distribute import build_strategy
-from tf_bignas.train.optimizers import RMSpropTF
-from tf_bignas.train.schedules import BigNASSchedule, scaled_learning_rate
+from tf_bignas.train.optimizers import RMSpropTF, ema_weights
 from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children
 
 CHILD_NAMES = ("largest", "smallest")  # the first two children of every step
@@ -89,8 +97,15 @@ def train(
 
     Raises:
         NonFiniteLossError: If a loss becomes NaN/inf (the last good checkpoint is kept).
-        ValueError: On invalid config values (named in the message).
+        ValueError: On invalid config values (named in the message), before
+            anything is written.
     """
+    validate_config(config)
+    if isinstance(strategy, tf.distribute.TPUStrategy) and config.model.mode != "mask":
+        raise ValueError(
+            f"a TPU strategy needs static shapes, but model.mode={config.model.mode!r}; "
+            "use --config.model.mode=mask"
+        )
     os.makedirs(workdir, exist_ok=True)
     atomic_write_json(os.path.join(workdir, wd.CONFIG_FILE), config.to_dict())
     rt = config.runtime
@@ -121,20 +136,10 @@ def train(
         regularize_all_children=config.sandwich.regularize_all_children,
         seed=config.seed,
     )
-    o, s = config.optimizer, config.schedule
+    o = config.optimizer
     with strategy.scope():
         net = build_supernet(config, space, info.num_classes)
-        schedule = BigNASSchedule(
-            scaled_learning_rate(o.base_lr, batch, o.reference_batch),
-            steps_per_epoch,
-            total_steps,
-            kind=s.kind,
-            warmup_epochs=s.warmup_epochs,
-            decay_rate=s.decay_rate,
-            decay_epochs=s.decay_epochs,
-            final_lr_fraction=s.final_lr_fraction,
-            constant_ending=s.constant_ending,
-        )
+        schedule = build_schedule(config, steps_per_epoch, total_steps)
         optimizer = RMSpropTF(
             initial_accumulator=o.initial_accumulator,
             learning_rate=schedule,
@@ -187,38 +192,50 @@ def train(
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
     evaluator = ChildEvaluator(net, strategy)
     eval_sets: dict[tuple[str, int], object] = {}
+    # Calibration: a fixed random sample of the training split, in batches of
+    # its own size (a multiple of the replicas). Images travel as uint8 and are
+    # normalised on the device (ChildEvaluator).
+    replicas = strategy.num_replicas_in_sync
+    calib_batch = -(-config.train.calibration_batch_size // replicas) * replicas
 
     def eval_data(split: str, res: int) -> object:
         if (split, res) not in eval_sets:
+            calibration = split == "calibration"
 
             def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-                return data_lib.build_eval_dataset(
-                    d.source,
-                    split,
-                    res,
-                    batch,
+                common = dict(
                     data_dir=data_dir,
                     input_context=ctx,
                     minival=minival_size(config),
                     strict=d.strict,
-                    # Calibration reads only K batches of the training split:
-                    # caching a partial pass would be thrown away each time.
-                    cache="auto" if split != d.train_split else False,
+                    normalize=False,
                 )
+                if calibration:
+                    return data_lib.build_calibration_dataset(
+                        d.source,
+                        d.train_split,
+                        res,
+                        config.train.calibration_images,
+                        calib_batch,
+                        seed=config.seed,
+                        **common,
+                    )
+                return data_lib.build_eval_dataset(d.source, split, res, batch, **common)
 
             eval_sets[(split, res)] = strategy.distribute_datasets_from_function(fn)
         return eval_sets[(split, res)]
 
     def evaluate_children() -> dict[str, Accuracy]:
         out = {}
-        for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
-            calib = iter(eval_data(d.train_split, arch.resolution))
-            evaluator.calibrate(arch, calib, config.train.calibration_batches)
-            out[name] = evaluator.evaluate(
-                arch,
-                iter(eval_data(d.eval_split, arch.resolution)),
-                config.train.eval_batches or None,
-            )
+        # With EMA, children are calibrated and evaluated with the EMA weights.
+        with ema_weights(optimizer, net.trainable_variables):
+            for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
+                evaluator.calibrate(arch, iter(eval_data("calibration", arch.resolution)))
+                out[name] = evaluator.evaluate(
+                    arch,
+                    iter(eval_data(d.eval_split, arch.resolution)),
+                    config.train.eval_batches or None,
+                )
         return out
 
     step = int(optimizer.iterations.numpy())
@@ -269,7 +286,7 @@ def train(
     finished = step >= total_steps
     accuracies: dict[str, Accuracy] = {}
     if finished:
-        if o.ema:
+        if o.ema:  # From here on the model holds the EMA weights, which are saved.
             optimizer.finalize_variable_values(net.trainable_variables)
         accuracies = evaluate_children()
         net.bn_stats.save(os.path.join(workdir, wd.BN_STATS_FILE))
@@ -279,6 +296,16 @@ def train(
         results = {
             "step": step,
             "eval_split": d.eval_split,
+            # Which weights the children were calibrated and evaluated with
+            # (those saved in supernet.weights.h5), and on what.
+            "weights": "ema" if o.ema else "raw",
+            "ema_decay": o.ema_decay if o.ema else None,
+            "calibration": {
+                "split": d.train_split,
+                "images": min(config.train.calibration_images, info.num_examples),
+                "batch_size": calib_batch,
+                "seed": config.seed,
+            },
             "children": {
                 name: {
                     "arch": (space.largest() if name == "largest" else space.smallest()).to_dict(),
@@ -294,7 +321,8 @@ def train(
         for name, acc in accuracies.items():
             log(
                 f"{name} child: top1 {acc.top1:.4f} top5 {acc.top5:.4f} on "
-                f"{acc.num_examples} {d.eval_split!r} images (BN calibrated)"
+                f"{acc.num_examples} {d.eval_split!r} images ({'EMA' if o.ema else 'raw'} "
+                f"weights, BN calibrated on {results['calibration']['images']} training images)"
             )
     writer.flush()
     return TrainResult(step, finished, accuracies, seconds)

@@ -138,11 +138,29 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     except (OSError, json.JSONDecodeError) as e:
         raise WorkdirError(f"cannot read {path}: {e}") from e
     config = default_config()
+    _upgrade(values)
     try:
         config.update_from_flattened_dict(_flatten(values))
     except (KeyError, AttributeError, TypeError) as e:
         raise WorkdirError(f"{path} does not match this version's options: {e}") from e
     return config
+
+
+def _upgrade(values: dict[str, Any]) -> None:
+    """Maps the options of runs from older versions onto today's, in place.
+
+    Before calibration had its own image count, it read `train.calibration_batches`
+    batches of the training batch size; before the schedule had `staircase` and
+    `decay_from`, it decayed smoothly from the end of warmup.
+    """
+    t = values.get("train")
+    if isinstance(t, dict) and "calibration_batches" in t:
+        batches = int(t.pop("calibration_batches"))
+        t.setdefault("calibration_images", batches * int(t.get("batch_size", 1)))
+    s = values.get("schedule")
+    if isinstance(s, dict) and "staircase" not in s:
+        s.setdefault("staircase", False)
+        s.setdefault("decay_from", "warmup_end")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
