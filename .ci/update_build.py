@@ -78,6 +78,8 @@ def imports(path: str) -> tuple[set[str], set[str]]:
             if top in ("supernet_testutil", "conftest", "fake_adb"):
                 base = f"tests/{name}"
             for cand in (base + ".py", base + "/__init__.py"):
+                if cand.endswith("__init__.py") and not cand.startswith("tf_bignas"):
+                    continue  # `from tools import cli`: only tf_bignas packages have targets
                 if os.path.exists(os.path.join(ROOT, cand)) and cand != path:
                     first.add(cand)
     for mod in re.findall(r"\b((?:tools|pipelines|benchmarks|experiments)\.[a-z_0-9]+)\b", text):

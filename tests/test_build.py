@@ -66,6 +66,8 @@ def _first_party_imports(path: str) -> set[str]:
             if top == "supernet_testutil":
                 base = "tests/supernet_testutil"
             for candidate in (base + ".py", base + "/__init__.py"):
+                if candidate.endswith("__init__.py") and not candidate.startswith("tf_bignas"):
+                    continue  # `from tools import cli`: only tf_bignas packages have targets
                 if os.path.exists(os.path.join(ROOT, candidate)) and candidate != path:
                     files.add(candidate)
     return files

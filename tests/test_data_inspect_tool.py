@@ -57,7 +57,7 @@ def test_inspect_embedded_eval_split_json():
 
 def test_inspect_reports_bad_input(tmp_path):
     proc = _run(f"--source=folder:{tmp_path / 'missing'}", "--json")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert str(tmp_path / "missing") in proc.stderr and "does not exist" in proc.stderr
     proc = _run("--source=embedded", "--space=bignas_tiny", "--resolutions=24", "--json")
-    assert proc.returncode == 1 and "resolution 24" in proc.stderr
+    assert proc.returncode == 2 and "resolution 24" in proc.stderr

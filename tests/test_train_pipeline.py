@@ -88,12 +88,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         workdir,
         "--max_steps=40",
         "--config.train.checkpoint_every=1",
+        "--config.train.log_every=1",
         "--config.optimizer.base_lr=1e35",
         "--config.optimizer.initial_accumulator=0.0",
+        # Step 1 leaves weights of ~5e30: let them count as bounded, so that the
+        # run reaches the non-finite loss of step 2 (the default bound, 1e6,
+        # would stop it at step 1; tests/test_workdir_integrity.py checks that).
+        "--config.train.max_abs_weight=1e31",
     )
-    assert out.returncode != 0
-    assert "non-finite loss" in out.stderr and "at step" in out.stderr
-    assert "child" in out.stderr and "last good checkpoint" in out.stderr
+    assert out.returncode == 2
+    assert "non-finite loss" in out.stderr and "child" in out.stderr
+    logged = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("step ")]
+    assert logged[-1] == "1/40"  # the error names the next step, in the log's numbering
+    assert "at step 2 in the" in out.stderr
+    assert f"last good checkpoint is {workdir / 'checkpoints' / 'ckpt-1'}" in out.stderr
     for name, value in _variables(workdir).items():
         if value.dtype.kind == "f":
             assert np.all(np.isfinite(value)), name

@@ -14,26 +14,23 @@ alone (`tf_bignas.model.cost`), without building a model.
 from __future__ import annotations
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 
 from tf_bignas.model import cost as cost_lib
-from tf_bignas.space import InvalidArchError, get_space, space_names
+from tf_bignas.space import get_space, space_names
+from tools import cli
 
 _ARCH = flags.DEFINE_string("arch", "largest", "largest|smallest|FILE.json|JSON|paper notation.")
 _SPACE = flags.DEFINE_enum("space", "bignas_mobilenetv2", list(space_names()), "Search space.")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.", lower_bound=2)
 _JSON = flags.DEFINE_boolean("json", False, "Print one JSON object instead of a table.")
 
 
 def main(argv: list[str]) -> None:
     del argv
     space = get_space(_SPACE.value)
-    try:
-        arch = space.load_arch(_ARCH.value)
-    except InvalidArchError as e:
-        sys.exit(f"error: {e}")
+    arch = space.load_arch(_ARCH.value)
     c = cost_lib.cost(space, arch, _NUM_CLASSES.value)
     names = ["stem"] + [f"stage{i + 1}" for i in range(space.num_stages)] + ["head"]
     if _JSON.value:
@@ -72,4 +69,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

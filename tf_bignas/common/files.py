@@ -1,10 +1,17 @@
-"""Atomic file writes: a crash never leaves a half-written file behind."""
+"""Atomic file writes: a crash never leaves a half-written file behind.
+
+Files are written to a temporary name in the destination folder and renamed
+over the destination, so a reader sees the old file or the new one, never a
+mix. They get the same mode as any file the process creates with `open()`
+(0666 minus the umask, usually 0644): the temporary file is created with
+`os.open(..., 0o666)`, not with `tempfile.mkstemp`, whose files are 0600.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from typing import Any
 
 
@@ -14,10 +21,15 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     Args:
         path: Destination path (its folder is created if missing).
         data: The bytes.
+
+    Raises:
+        OSError: If the folder cannot be created or written.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex[:12]}-{os.path.basename(path)}")
+    # O_EXCL: a fresh name, never someone else's file; mode 0o666 & ~umask like open().
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -31,5 +43,10 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def atomic_write_json(path: str, value: Any) -> None:
-    """Writes `value` as indented JSON to `path` atomically."""
+    """Writes `value` as indented JSON to `path` atomically.
+
+    Args:
+        path: Destination path.
+        value: A JSON-able value.
+    """
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())

@@ -24,12 +24,44 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 
 class InvalidArchError(ValueError):
     """An architecture (or one of its fields) is not allowed by a search space."""
+
+
+def _integer(name: str, value: Any) -> int:
+    """`value` as an int, refusing non-integral numbers, strings and bools.
+
+    Raises:
+        InvalidArchError: Naming the field and the value.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
+        raise InvalidArchError(f"{name} = {value!r} is not an integer")
+    if isinstance(value, (numbers.Integral, np.integer)):
+        return int(value)
+    if not math.isfinite(value) or not float(value).is_integer():
+        raise InvalidArchError(f"{name} = {value!r} is not an integer")
+    return int(value)
+
+
+def _number(name: str, value: Any) -> float:
+    """`value` as a finite float, refusing strings and bools.
+
+    Raises:
+        InvalidArchError: Naming the field and the value.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
+        raise InvalidArchError(f"{name} = {value!r} is not a number")
+    if not math.isfinite(value):
+        raise InvalidArchError(f"{name} = {value!r} is not a finite number")
+    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,20 +84,34 @@ class ArchConfig:
 
     def __post_init__(self) -> None:
         # Normalise containers so that equal architectures compare and hash equal.
-        try:
-            object.__setattr__(self, "resolution", int(self.resolution))
-            object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-            object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
-            object.__setattr__(
-                self, "kernels", tuple(tuple(int(k) for k in ks) for ks in self.kernels)
+        # Values are checked, never truncated: depth 1.5 or resolution 224.7 is an
+        # error (an integral float such as 2.0 is read as 2), a string or a bool
+        # is refused, and expand ratios must be finite numbers.
+        def nested(name: str, value: Any) -> tuple[Any, ...]:
+            if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+                raise InvalidArchError(
+                    f"{name} must be a list, got {type(value).__name__} {value!r}"
+                )
+            return tuple(value)
+
+        object.__setattr__(self, "resolution", _integer("resolution", self.resolution))
+        widths = nested("widths", self.widths)
+        object.__setattr__(
+            self, "widths", tuple(_integer(f"widths[{i}]", w) for i, w in enumerate(widths))
+        )
+        depths = nested("depths", self.depths)
+        object.__setattr__(
+            self, "depths", tuple(_integer(f"depths[{i}]", d) for i, d in enumerate(depths))
+        )
+        for field, conv in (("kernels", _integer), ("expand_ratios", _number)):
+            per_stage = nested(field, getattr(self, field))
+            value = tuple(
+                tuple(
+                    conv(f"{field}[{i}][{j}]", v) for j, v in enumerate(nested(f"{field}[{i}]", vs))
+                )
+                for i, vs in enumerate(per_stage)
             )
-            object.__setattr__(
-                self,
-                "expand_ratios",
-                tuple(tuple(float(e) for e in es) for es in self.expand_ratios),
-            )
-        except (TypeError, ValueError) as e:
-            raise InvalidArchError(f"ArchConfig fields have the wrong type: {e}") from e
+            object.__setattr__(self, field, value)
 
     # ---- serialisation -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

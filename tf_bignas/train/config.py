@@ -85,6 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
+    # A checkpoint is written only if every weight is finite and within this
+    # bound (and the optimizer state finite): "the last good checkpoint" resumes.
+    c.train.max_abs_weight = 1e6
     # Save the input iterator in checkpoints (exact resume). Its state holds the
     # shuffle buffer: small for in-memory data, about 1 GB for ImageNet from TFDS.
     c.train.checkpoint_data = True

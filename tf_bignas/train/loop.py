@@ -9,6 +9,13 @@ with deterministic ops the result equals an uninterrupted run: children are
 drawn from (seed, step), dropout is stateless on (seed, step), and the data
 order and augmentation are restored with the iterator.
 
+Before it writes anything, a run checks every option, the workdir path and
+the data (`tf_bignas.train.validation`), takes the workdir's lock, and
+compares itself with the run the workdir holds (`tf_bignas.train.integrity`):
+a different run is refused, never mixed in. A checkpoint is written only from
+a healthy state (finite losses, finite optimizer state, finite and bounded
+weights), and a damaged newest checkpoint falls back to the newest intact one.
+
 At the end the smallest and largest children are BN-calibrated and evaluated
 on the held-out split; results go to `workdir/results.json`, the calibrated
 statistics to `workdir/bn_stats.npz`, and the final supernet weights (the EMA
@@ -33,6 +40,8 @@ import tensorflow as tf
 
 from tf_bignas import data as data_lib
 from tf_bignas.common.files import atomic_write_json
+from tf_bignas.space import SearchSpace
+from tf_bignas.train import integrity
 from tf_bignas.train import workdir as wd
 from tf_bignas.train.calibration import Accuracy, ChildEvaluator
 from tf_bignas.train.config import (
@@ -45,12 +54,19 @@ from tf_bignas.train.config import (
 from tf_bignas.train.distribute import build_strategy
 from tf_bignas.train.optimizers import RMSpropTF, ema_weights
 from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children
+from tf_bignas.train.validation import (
+    validate_dataset,
+    validate_max_steps,
+    validate_options,
+    validate_workdir_path,
+)
 
 CHILD_NAMES = ("largest", "smallest")  # the first two children of every step
 
 
 class NonFiniteLossError(RuntimeError):
-    """A child's loss became NaN or infinite; the run stopped without saving."""
+    """A loss, gradient or weight became NaN, infinite or unbounded; the run
+    stopped without saving (the last good checkpoint is kept)."""
 
 
 @dataclasses.dataclass
@@ -83,10 +99,14 @@ def train(
 ) -> TrainResult:
     """Trains (or resumes) a supernet.
 
+    Everything is checked before anything is written: the options, `max_steps`,
+    the workdir path, the data (at least two classes, the eval split), and the
+    run the workdir holds. Then the workdir's lock is taken for the whole run.
+
     Args:
         config: The resolved config (see `tf_bignas.train.config`).
-        workdir: Output folder: config.json, checkpoints/, tensorboard/,
-            results.json, bn_stats.npz.
+        workdir: Output folder: run.json, config.json, checkpoints/,
+            tensorboard/, results.json, bn_stats.npz.
         max_steps: Stop cleanly once the global step reaches this (checkpoint
             written); None runs the configured epochs.
         strategy: Overrides `config.runtime.strategy` if given.
@@ -96,18 +116,50 @@ def train(
         The TrainResult.
 
     Raises:
-        NonFiniteLossError: If a loss becomes NaN/inf (the last good checkpoint is kept).
-        ValueError: On invalid config values (named in the message), before
-            anything is written.
+        NonFiniteLossError: If a loss, gradient or weight becomes non-finite or
+            unbounded (the last good checkpoint is kept).
+        ValueError: On invalid options, paths or data (named in the message),
+            before anything is written; `integrity.ResumeMismatchError` if the
+            workdir holds another run, `integrity.WorkdirBusyError` if another
+            run holds its lock, `WorkdirError` for checkpoints it cannot resume.
     """
+    validate_options(config)
     validate_config(config)
+    validate_max_steps(max_steps)
+    validate_workdir_path(workdir)
     if isinstance(strategy, tf.distribute.TPUStrategy) and config.model.mode != "mask":
         raise ValueError(
             f"a TPU strategy needs static shapes, but model.mode={config.model.mode!r}; "
             "use --config.model.mode=mask"
         )
-    os.makedirs(workdir, exist_ok=True)
-    atomic_write_json(os.path.join(workdir, wd.CONFIG_FILE), config.to_dict())
+    space = build_space(config)
+    d = config.data
+    kwargs = dict(data_dir=d.data_dir or None, minival=minival_size(config))
+    info = data_lib.dataset_info(d.source, d.train_split, **kwargs)
+    validate_dataset(d.source, d.train_split, info.num_classes, info.num_examples)
+    if d.eval_split != d.train_split:
+        data_lib.dataset_info(d.source, d.eval_split, **kwargs)  # exists, readable
+    record = integrity.run_record(config, space.to_dict(), info.num_classes)
+    ckpt_dir = os.path.join(workdir, wd.CHECKPOINT_DIR)
+    integrity.check_resume(workdir, record)  # refuse early, before taking the lock
+    integrity.check_checkpoint_files(ckpt_dir)
+    with integrity.locked(workdir, log):
+        integrity.check_resume(workdir, record)  # again, now that no one else writes
+        integrity.check_checkpoint_files(ckpt_dir)
+        integrity.write_record(workdir, record, config)
+        return _train_locked(config, workdir, space, info, max_steps, strategy, log)
+
+
+def _train_locked(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    space: SearchSpace,
+    info: data_lib.DataInfo,
+    max_steps: int | None,
+    strategy: tf.distribute.Strategy | None,
+    log: Callable[[str], None],
+) -> TrainResult:
+    """The run itself, once `train` has checked everything and holds the lock."""
     rt = config.runtime
     if rt.threads:
         tf.config.threading.set_intra_op_parallelism_threads(rt.threads)
@@ -117,12 +169,8 @@ def train(
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or build_strategy(rt.strategy, rt.tpu)
 
-    space = build_space(config)
     d = config.data
     data_dir = d.data_dir or None
-    info = data_lib.dataset_info(
-        d.source, d.train_split, data_dir=data_dir, minival=minival_size(config)
-    )
     batch = config.train.batch_size
     steps_per_epoch = max(1, info.num_examples // batch)
     total_steps = max(1, int(round(config.train.epochs * steps_per_epoch)))
@@ -177,17 +225,38 @@ def train(
         state["data"] = iterator  # exact resume of the data order and augmentation
     checkpoint = tf.train.Checkpoint(**state)
     ckpt_dir = os.path.join(workdir, wd.CHECKPOINT_DIR)
+
+    def state_problem() -> str | None:
+        return integrity.unhealthy_state(
+            net.trainable_variables,
+            net.non_trainable_variables,
+            optimizer.variables,
+            config.train.max_abs_weight,
+        )
+
+    # The newest checkpoint that reads back whole and healthy (a damaged one is
+    # named, moved to checkpoints/damaged/, and the previous one used).
+    restored = integrity.restore_newest_intact(checkpoint, ckpt_dir, state_problem, log)
     manager = tf.train.CheckpointManager(
         checkpoint, ckpt_dir, max_to_keep=config.train.keep_checkpoints
     )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    if restored:
         if int(sampler_seed.numpy()) != config.seed:
             raise ValueError(
                 f"workdir {workdir!r} holds a run with seed {int(sampler_seed.numpy())}, "
                 f"but config.seed is {config.seed}: use a new workdir or the same seed"
             )
-        log(f"resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations)}")
+        log(f"resumed from {restored} at step {int(optimizer.iterations)}")
+
+    def save(step: int) -> None:
+        """Checkpoints the state after `step` steps, if it is healthy."""
+        problem = state_problem()
+        if problem:
+            raise NonFiniteLossError(
+                f"{problem} after step {step}; stopped without saving. The last good "
+                f"checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}"
+            )
+        manager.save(checkpoint_number=step)
 
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
     evaluator = ChildEvaluator(net, strategy)
@@ -248,7 +317,7 @@ def train(
             bad = int(np.argmin(np.isfinite(losses)))
             kind = CHILD_NAMES[bad] if bad < 2 else f"random #{bad - 1}"
             raise NonFiniteLossError(
-                f"non-finite loss {losses[bad]} at step {step} in the {kind} child "
+                f"non-finite loss {losses[bad]} at step {step + 1} in the {kind} child "
                 f"({children[bad].to_paper_notation()}); stopped without saving. The last good "
                 f"checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}"
             )
@@ -272,7 +341,7 @@ def train(
                 tf.summary.scalar("images_per_second", ips)
             last_log_step, last_log = step, now
         if step % config.train.checkpoint_every == 0 and step < stop_at:
-            manager.save(checkpoint_number=step)
+            save(step)
         if config.train.eval_every and step % config.train.eval_every == 0 and step < total_steps:
             accs = evaluate_children()
             with writer.as_default(step=step):
@@ -281,7 +350,7 @@ def train(
                     tf.summary.scalar(f"eval/top5_{name}", acc.top5)
             log(f"step {step} eval " + " ".join(f"{n} top1 {a.top1:.4f}" for n, a in accs.items()))
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-        manager.save(checkpoint_number=step)
+        save(step)
     seconds = time.perf_counter() - start
     finished = step >= total_steps
     accuracies: dict[str, Accuracy] = {}

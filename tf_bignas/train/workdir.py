@@ -3,6 +3,10 @@ export and latency.
 
 A training run (`tf_bignas.train.loop.train`) writes into its workdir:
 
+- ``run.json``: the run record (format version, resolved config, space, number
+  of classes, seed, global batch), which a resume must match; see
+  `tf_bignas.train.integrity`;
+- ``run.lock``: while a run writes the workdir, the lock naming it;
 - ``config.json``: the resolved config (every option, overrides applied);
 - ``model.json``: the supernet's constructor arguments, the space as data
   (resolution overrides included) and the number of classes;
@@ -41,6 +45,8 @@ RESULTS_FILE = "results.json"
 WEIGHTS_FILE = "supernet.weights.h5"
 BN_STATS_FILE = "bn_stats.npz"
 CHECKPOINT_DIR = "checkpoints"
+RUN_FILE = "run.json"  # what the workdir holds (see tf_bignas.train.integrity)
+LOCK_FILE = "run.lock"  # held by the run writing the workdir
 
 
 class WorkdirError(ValueError):
@@ -137,12 +143,31 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
             values = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise WorkdirError(f"cannot read {path}: {e}") from e
+    return config_from_dict(values, path)
+
+
+def config_from_dict(values: dict[str, Any], origin: str) -> ml_collections.ConfigDict:
+    """A stored config (as JSON) over today's defaults, older options mapped on.
+
+    Args:
+        values: The stored config tree (not modified).
+        origin: Where it came from (for the error message).
+
+    Returns:
+        The config.
+
+    Raises:
+        WorkdirError: If it has options this version does not know.
+    """
+    if not isinstance(values, dict):
+        raise WorkdirError(f"{origin} does not hold a config (a JSON object)")
+    values = json.loads(json.dumps(values))
     config = default_config()
     _upgrade(values)
     try:
         config.update_from_flattened_dict(_flatten(values))
     except (KeyError, AttributeError, TypeError) as e:
-        raise WorkdirError(f"{path} does not match this version's options: {e}") from e
+        raise WorkdirError(f"{origin} does not match this version's options: {e}") from e
     return config
 
 
