@@ -201,10 +201,11 @@ class ChildScorer:
             Its Accuracy on the selection split.
         """
         res = arch.resolution
+        stats = self.evaluator.calibrate(arch, iter(self.calibration_data(res)), store=False)
         kept = self.net.bn_stats
         self.net.bn_stats = BNStatsStore()
         try:
-            self.evaluator.calibrate(arch, iter(self.calibration_data(res)))
+            self.net.bn_stats.put(arch, stats)  # evaluate loads them into the BN layers (once)
             return self.evaluator.evaluate(arch, iter(self.selection_data(res)))
         finally:
             self.net.bn_stats = kept

@@ -1,0 +1,111 @@
+"""Search the best child of a trained supernet under each budget.
+
+    python -m pipelines.search --workdir=workdirs/quickstart --budgets=mflops:1,2,3
+    python -m pipelines.search --workdir=DIR --budgets=mflops:250,400,600 --method=evolution
+    python -m pipelines.search --workdir=DIR --budgets=params_m:4,6 --config.fine.mutations=40
+    python -m pipelines.search --workdir=DIR --budgets=mflops:250,400,600 --shard=0/4  # x4 hosts
+    python -m pipelines.search --workdir=DIR --budgets=latency_ms:8,12 --latency_table=host.json
+
+Methods: `coarse_to_fine` (the paper's), `random` and `evolution` (baselines
+with the same number of evaluated children). Output in WORKDIR/search/:
+`evaluations.jsonl` (one line per child; a rerun skips what is there),
+`selection.json`, `pareto.png`, `report.md` (methods compared). `--shard=I/N`
+evaluates one share of each round; run once more without it to merge and
+finish. Options: `--config.KEY=VALUE` over `tf_bignas.search.config`.
+`latency_ms` budgets take a latency table (`--latency_table`, read by
+`tf_bignas.latency.table.latency_function`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's C++ INFO lines quiet
+
+from absl import flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tf_bignas.search import config as search_config  # noqa: E402
+from tf_bignas.search import parse_budgets, run_search  # noqa: E402
+from tf_bignas.space import ArchConfig  # noqa: E402
+from tf_bignas.train.workdir import Workdir, open_workdir  # noqa: E402
+from tools import cli  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A finished training workdir.")
+_BUDGETS = flags.DEFINE_string("budgets", None, "KIND:V1,V2,... (mflops, params_m, latency_ms).")
+_METHOD = flags.DEFINE_enum("method", None, list(search_config.METHODS), "Overrides config.method.")
+_SHARD = flags.DEFINE_string("shard", "", "I/N: evaluate the I-th of N shares (0-based).")
+_LATENCY_TABLE = flags.DEFINE_string(
+    "latency_table", "", "Latency table (tf_bignas.latency) for latency_ms budgets."
+)
+_CONFIG = config_flags.DEFINE_config_dict("config", search_config.default_search_config())
+flags.mark_flags_as_required(["workdir", "budgets"])
+
+
+def _shard(text: str) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        index, count = (int(t) for t in text.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise ValueError(f"--shard={text!r} must be I/N with 0 <= I < N, e.g. 0/4")
+    return index, count
+
+
+def _latency(path: str, wd: Workdir) -> Callable[[ArchConfig], float] | None:
+    if not path:
+        return None
+    from tf_bignas.latency import table  # the latency stage provides it
+
+    return table.latency_function(path, wd.space, wd.num_classes, wd.supernet.stage_shortcuts)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    budgets = parse_budgets(_BUDGETS.value)
+    shard = _shard(_SHARD.value)
+    config = _CONFIG.value
+    if _METHOD.value:
+        with config.unlocked():
+            config.method = _METHOD.value
+    wd = open_workdir(_WORKDIR.value)
+    out = run_search(
+        wd,
+        budgets,
+        config,
+        latency=_latency(_LATENCY_TABLE.value, wd),
+        shard=shard,
+        log=lambda line: print(line, flush=True),
+    )
+    print(
+        f"{out.method}: {out.num_evaluated} children ({out.newly_evaluated} evaluated now, "
+        f"{out.reused} scores reused) in {out.seconds:.1f} s; "
+        f"{60 * out.newly_evaluated / max(out.seconds, 1e-9):.1f} children/minute"
+    )
+    if not out.complete:
+        print(
+            f"shard {shard[0]}/{shard[1]} done with its share; run without --shard (after every "
+            f"shard has finished) to merge and finish: {out.folder}"
+        )
+        return
+    for title, sel in ((f"{out.method} found", out.method_selection),
+                       ("selection.json (best of every method run)", out.selection)):  # fmt: skip
+        print(f"{title}:")
+        for e in sel["budgets"]:
+            print(
+                f"  {e['budget']}: {e['paper_notation']}  {e['macs'] / 1e6:.2f} MFLOPs "
+                f"{e['params'] / 1e6:.3f} M params  {sel['selection_split']} top-1 "
+                f"{100 * e['metric']:.2f}%  {sel['test_split']} top-1 "
+                f"{100 * e['test_top1']:.2f}%  ({e['method']})"
+            )
+    print(f"wrote {out.folder}/selection.json, pareto.png, report.md")
+
+
+if __name__ == "__main__":
+    cli.run(main)
