@@ -6,10 +6,11 @@ median and 90th percentile into each child's `model_card.json` (under
 "latency" -> "host" -> format) and into `benchmark_host.csv` beside the
 children. The child's `child.keras` is timed too, for comparison.
 
-The machine is shared and noisy, so the files of one child are timed
-round-robin (one invocation of each in turn, `runs` times): a burst of load
-from elsewhere hits all of them alike, and the ratios between them (int8 vs
-fp32, sliced vs built, TFLite vs Keras) hold better than the times. Calls
+The machine is shared and noisy, so the TFLite files of one child are timed
+round-robin (one sample of each in turn, `runs` times): a burst of load from
+elsewhere hits all of them alike, and the ratios between them (int8 vs fp32,
+sliced vs built) hold better than the times. The Keras model is timed after
+them, on its own (TensorFlow's threads would disturb the files' samples). Calls
 shorter than a millisecond are timed in blocks (see `time_round_robin`). A
 float32 matmul rate is measured as the machine's reference.
 """
@@ -218,11 +219,13 @@ def time_round_robin(
     """
     block: dict[str, int] = {}
     for name, call in calls.items():
-        start = time.perf_counter()
-        for _ in range(max(warmup, 1)):
+        fastest = float("inf")
+        for _ in range(max(warmup, 3)):
+            start = time.perf_counter()
             call()
-        per_call = (time.perf_counter() - start) * 1e3 / max(warmup, 1)
-        block[name] = max(1, int(min_sample_ms / max(per_call, 1e-6)))
+            fastest = min(fastest, time.perf_counter() - start)
+        # The fastest warmup call: a burst of load elsewhere cannot shrink the block.
+        block[name] = max(1, int(min_sample_ms / max(fastest * 1e3, 1e-6)))
     names = list(calls)
     times: dict[str, list[float]] = {k: [] for k in calls}
     for r in range(runs):
@@ -305,13 +308,14 @@ def benchmark_models(
         log(
             f"{child}: timing {sorted(files)} ({runs} runs after {warmup} warmup, {threads} threads)"
         )
-        calls = {
-            fmt: _keras_call(path) if fmt == KERAS_FORMAT else _tflite_call(path, threads)
-            for fmt, path in files.items()
-            if keras or fmt != KERAS_FORMAT
-        }
+        calls = {f: _tflite_call(p, threads) for f, p in files.items() if f != KERAS_FORMAT}
         timings = time_round_robin(calls, runs, warmup)
-        result = ChildTimings(folder, child, {k: files[k] for k in calls}, timings)
+        if keras and KERAS_FORMAT in files:
+            # On its own: TensorFlow's threads keep spinning after a call and
+            # would slow down whichever file came next.
+            timings |= time_round_robin({KERAS_FORMAT: _keras_call(files[KERAS_FORMAT])},
+                                        runs, warmup)  # fmt: skip
+        result = ChildTimings(folder, child, {k: files[k] for k in timings}, timings)
         report.children.append(result)
         card = card_lib.read_card(folder)
         for fmt, t in timings.items():
