@@ -157,6 +157,34 @@ def test_int8_file_takes_raw_uint8_pixels(exported, workdir):
     assert (logits.argmax(-1) == reference.argmax(-1)).mean() >= THRESHOLDS.int8_min_agreement
 
 
+def test_uint8_input_models_take_raw_pixels_as_they_are(workdir, tmp_path):
+    options = dataclasses.replace(
+        OPTIONS, input_dtype="uint8", quantizations=("fp32", "int8"), verify_examples=64,
+        check_built=False,
+    )  # fmt: skip
+    child = children_lib.arch_child(workdir, "smallest")
+    result = export_lib.export_child(workdir, child, str(tmp_path), options, **QUIET)
+    assert result.verification["files"]["fp32"]["max_abs_diff_vs_keras_child"] <= 1e-4
+    raw, _ = _eval_images(workdir, 16, 32)
+    pixels = raw.astype(np.uint8)
+    reference = _keras_child_logits(workdir, child.arch, raw)
+    loaded = keras.models.load_model(os.path.join(result.folder, "child.keras"))
+    assert loaded.inputs[0].dtype == "uint8"
+    assert np.abs(np.asarray(loaded(pixels)) - reference).max() <= 1e-4
+    interpreter = tflite_lib.TFLiteRunner(
+        path=os.path.join(result.folder, "model_fp32.tflite")
+    ).interpreter
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert inp["dtype"] == np.uint8 and inp["quantization"] == (0.0, 0)  # not quantised
+    for image, ref in zip(pixels, reference):
+        interpreter.set_tensor(inp["index"], image[None])
+        interpreter.invoke()
+        assert np.abs(interpreter.get_tensor(out["index"])[0] - ref).max() <= 1e-4
+    # int8 is converted from a float-input twin: its input is still the raw pixel.
+    runner = tflite_lib.TFLiteRunner(path=os.path.join(result.folder, "model_int8.tflite"))
+    assert runner.input["dtype"] == np.uint8 and runner.input["quantization"] == (1.0, 0)
+
+
 def test_files_hold_builtin_stateless_ops_only(exported):
     for q in ("fp32", "fp16", "int8"):
         with open(os.path.join(exported.folder, f"model_{q}.tflite"), "rb") as f:

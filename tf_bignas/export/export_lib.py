@@ -342,6 +342,7 @@ class _ChildExport:
         self._deployable: keras.Model | None = None
         self._eval: tf.data.Dataset | None = None
         self._float_saved_model: str | None = None
+        self._first: tuple[np.ndarray, np.ndarray] | None = None
         self.fingerprint = {
             "export_format": EXPORT_FORMAT,
             "arch": self.arch.to_dict(),
@@ -432,9 +433,12 @@ class _ChildExport:
     def eval_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(raw float pixels [B, R, R, 3], labels) of the verification split."""
         if self._eval is None:
+            # Cached in memory when small, for the passes of later formats; not
+            # when only part of the split is read (a partial pass drops a cache).
             self._eval = self.wd.eval_dataset(
                 self.split, self.arch.resolution, self.options.verify_batch,
                 normalization=RAW_PIXELS,
+                cache="auto" if self.options.verify_examples is None else False,
             )  # fmt: skip
         left = self.options.verify_examples
         for batch in self._eval:
@@ -455,7 +459,15 @@ class _ChildExport:
         return np.asarray(self.child_model(x, training=False))
 
     def first_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        return next(iter(self.eval_batches()))
+        """The first verification batch (checks of the reloaded Keras file and SavedModel)."""
+        if self._first is None:
+            dataset = self.wd.eval_dataset(
+                self.split, self.arch.resolution, self.options.verify_batch,
+                normalization=RAW_PIXELS, cache=False,
+            )  # fmt: skip
+            batch = next(iter(dataset))
+            self._first = (batch["image"].numpy(), batch["label"].numpy())
+        return self._first
 
     def representative_images(self) -> Iterator[np.ndarray]:
         """Random training images [1, R, R, 3] on the models' input scale (for int8)."""
