@@ -58,7 +58,9 @@ def _tensor(t: dict[str, Any]) -> str:
     text = f"`{t['name']}` {t['dtype']} {t['shape']}"
     q = t.get("quantization")
     if q:
-        text += f", quantised: real = {q['scale']:.6g} * (q - {q['zero_point']})"
+        zp = q["zero_point"]
+        shifted = f"q - {zp}" if zp >= 0 else f"q + {-zp}"
+        text += f", quantised: real = {q['scale']:.6g} * ({shifted})"
     return text
 
 
