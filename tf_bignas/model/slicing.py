@@ -25,11 +25,8 @@ from tf_bignas.model.supernet import Supernet
 from tf_bignas.space import ArchConfig, SearchSpace
 
 
-class UncalibratedChildError(KeyError):
+class UncalibratedChildError(ValueError):
     """A child has no calibrated BN statistics in the supernet's store."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 def _centre(kernel: np.ndarray, k: int) -> np.ndarray:
