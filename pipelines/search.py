@@ -5,6 +5,8 @@
     python -m pipelines.search --workdir=DIR --budgets=params_m:4,6 --config.fine.mutations=40
     python -m pipelines.search --workdir=DIR --budgets=mflops:250,400,600 --shard=0/4  # x4 hosts
     python -m pipelines.search --workdir=DIR --budgets=latency_ms:8,12 --latency_table=host.json
+    python -m pipelines.search --workdir=DIR --budgets=latency_ms:0.5,1 --measure_latency
+    python -m pipelines.search --workdir=DIR --budgets=mflops:2,4 --rank=int8
 
 Methods: `coarse_to_fine` (the paper's), `random` and `evolution` (baselines
 with the same number of evaluated children). Output in WORKDIR/search/:
@@ -12,8 +14,11 @@ with the same number of evaluated children). Output in WORKDIR/search/:
 `selection.json`, `pareto.png`, `report.md` (methods compared). `--shard=I/N`
 evaluates one share of each round; run once more without it to merge and
 finish. Options: `--config.KEY=VALUE` over `tf_bignas.search.config`.
-`latency_ms` budgets take a latency table (`--latency_table`, read by
-`tf_bignas.latency.table.latency_function`).
+`latency_ms` budgets take a latency table (`--latency_table`, built by
+`tools/latency_table.py`) or
+`--measure_latency` (every candidate converted and timed on this host).
+`--rank=int8` re-ranks each budget's best candidates by the accuracy of their
+int8 TFLite files and chooses by it (`tf_bignas.latency.int8`).
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's C++ INFO
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from tf_bignas.latency import endtoend, int8, table  # noqa: E402
 from tf_bignas.search import config as search_config  # noqa: E402
 from tf_bignas.search import parse_budgets, run_search  # noqa: E402
+from tf_bignas.search.scoring import ChildScorer  # noqa: E402
 from tf_bignas.space import ArchConfig  # noqa: E402
 from tf_bignas.train.workdir import Workdir, open_workdir  # noqa: E402
 from tools import cli  # noqa: E402
@@ -38,6 +45,13 @@ _METHOD = flags.DEFINE_enum("method", None, list(search_config.METHODS), "Overri
 _SHARD = flags.DEFINE_string("shard", "", "I/N: evaluate the I-th of N shares (0-based).")
 _LATENCY_TABLE = flags.DEFINE_string(
     "latency_table", "", "Latency table (tf_bignas.latency) for latency_ms budgets."
+)
+_MEASURE_LATENCY = flags.DEFINE_bool(
+    "measure_latency", False, "latency_ms budgets: time every candidate's TFLite file on this host."
+)
+_RANK = flags.DEFINE_enum("rank", "float", ["float", "int8"], "Choose by float or int8 accuracy.")
+_INT8_CANDIDATES = flags.DEFINE_integer(
+    "int8_candidates", 5, "--rank=int8: best float candidates per budget scored in int8 (0: all)."
 )
 _CONFIG = config_flags.DEFINE_config_dict("config", search_config.default_search_config())
 flags.mark_flags_as_required(["workdir", "budgets"])
@@ -55,11 +69,16 @@ def _shard(text: str) -> tuple[int, int] | None:
     return index, count
 
 
-def _latency(path: str, wd: Workdir) -> Callable[[ArchConfig], float] | None:
+def _latency(path: str, measure: bool, wd: Workdir) -> Callable[[ArchConfig], float] | None:
+    if path and measure:
+        raise ValueError("give --latency_table or --measure_latency, not both")
+    if measure:
+        cache = os.path.join(wd.path, "search", "latency_measured.jsonl")
+        return endtoend.EndToEndLatency(
+            wd.space, wd.num_classes, wd.supernet.stage_shortcuts, cache_path=cache
+        )
     if not path:
         return None
-    from tf_bignas.latency import table  # the latency stage provides it
-
     return table.latency_function(path, wd.space, wd.num_classes, wd.supernet.stage_shortcuts)
 
 
@@ -79,7 +98,7 @@ def main(argv: list[str]) -> None:
         wd,
         budgets,
         config,
-        latency=_latency(_LATENCY_TABLE.value, wd),
+        latency=_latency(_LATENCY_TABLE.value, _MEASURE_LATENCY.value, wd),
         shard=shard,
         log=lambda line: print(line, flush=True),
     )
@@ -105,6 +124,11 @@ def main(argv: list[str]) -> None:
                 f"{100 * e['test_top1']:.2f}%  ({e['method']})"
             )
     print(f"wrote {out.folder}/selection.json, pareto.png, report.md")
+    if _RANK.value == "int8":
+        scorer = ChildScorer(wd, search_config.resolve_search_config(config, wd.space, wd.config))
+        ranking = int8.rank_by_int8(wd, out.folder, scorer, candidates=_INT8_CANDIDATES.value,
+                                    log=lambda line: print(line, flush=True))  # fmt: skip
+        print("\n".join(int8.summary_lines(ranking)))
 
 
 if __name__ == "__main__":

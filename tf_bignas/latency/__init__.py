@@ -1,13 +1,22 @@
-"""Stage 7, latency: measured speed of children on the host and on Android phones.
+"""Stage 7, latency: how fast children run on the host and on Android phones.
 
-`adb` (an injection-safe wrapper of the `adb` program) and `android`
-(`benchmark_android`: TFLite's `benchmark_model` on a device, results in the
-model cards and `benchmark_android.csv`) measure exported models; `ops` and
-`table` build and read latency tables (every distinct operation of a space's
-children measured as its own tiny TFLite model, summed per child); `costs`
-turns a table or end-to-end measurement into the `latency_ms` cost model the
-search takes.
+- `adb`: an injection-safe wrapper of the `adb` program (argument lists only;
+  device-shell words quoted one by one), device selection and its errors;
+- `android`: `benchmark_android`, TFLite's `benchmark_model` on a phone for
+  every `.tflite` file of a folder, results in the model cards ("android:SERIAL")
+  and `benchmark_android.csv`, resumable after a disconnect;
+- `host`: TFLite conversion and timing with ai-edge-litert on this machine;
+- `parts`: a child as its parts (stem, blocks keyed on their description
+  without position, head), every distinct part of a space;
+- `table`: latency tables (each part measured as its own tiny TFLite model on
+  a target, summed per child, scaled on a few whole children) as JSON data
+  files, committed ones in `tables/`, and the search's `latency_ms` cost model;
+- `endtoend`: whole children timed end to end (the search's other
+  `latency_ms` cost model) and a table's error against them;
+- `int8`: int8 TFLite accuracy of children, and the re-ranking of a search's
+  candidates by it.
 
 May import: `tf_bignas.common`, `tf_bignas.space`, `tf_bignas.model`,
-`tf_bignas.data`, `tf_bignas.train`, `tf_bignas.export` (not `tf_bignas.search`).
+`tf_bignas.data`, `tf_bignas.train`, `tf_bignas.export` (not `tf_bignas.search`:
+the search's scorer is taken as an argument, and its files read as JSON).
 """

@@ -352,7 +352,7 @@ def find_models(models_dir: str) -> list[ModelFile]:
     if not found:
         raise ValueError(
             f"no .tflite file under {models_dir!r}; export children first "
-            "(python -m pipelines.export ...) or point --models at a folder of .tflite files"
+            "(see README.md, 'Export') or point --models at a folder of .tflite files"
         )
     return found
 
