@@ -8,6 +8,7 @@ benchmarks/latency_table.py reports.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -16,7 +17,7 @@ import struct
 import fake_adb
 import pytest
 
-from tf_bignas.latency import endtoend, parts, table
+from tf_bignas.latency import android, endtoend, parts, table
 from tf_bignas.model import cost
 from tf_bignas.model.netplan import net_plan
 from tf_bignas.space import ArchConfig, bignas_cifar, bignas_tiny
@@ -163,8 +164,21 @@ def test_android_table_through_fake_adb(tmp_path, monkeypatch):
     space = bignas_tiny()
     arch = space.smallest(16)
     path = str(tmp_path / "android.json")
-    t = table.build_table(space, 10, path, target="android:R58M40ABCDE", archs=[arch],
-                          benchmark_binary=str(binary), log=lambda s: None, **RUNS)  # fmt: skip
+    # One part fails on the phone: the others are kept in the table, a rerun adds it.
+    head = parts.child_parts(space, arch, 10)[-1]
+    failing = f"part_{hashlib.sha256(head.key_text.encode()).hexdigest()[:16]}.tflite"
+    state["behaviour"][failing] = "fail"
+    fake_adb.save_state(state_path, state)
+    build = dict(target="android:R58M40ABCDE", archs=[arch], benchmark_binary=str(binary),
+                 log=lambda s: None, **RUNS)  # fmt: skip
+    with pytest.raises(android.AndroidBenchmarkError, match=f"1 of 7 models failed.*{failing}"):
+        table.build_table(space, 10, path, **build)
+    partial = table.LatencyTable.load(path)
+    assert len(partial) == 4 and not partial.complete and head not in partial
+    assert partial.overhead_ms == pytest.approx(1.873) and partial.correction == {}
+    del state["behaviour"][failing]
+    fake_adb.save_state(state_path, state)
+    t = table.build_table(space, 10, path, **build)
     assert t.device["model"] == "Pixel 7" and t.settings["statistic"] == "mean"
     assert t.overhead_ms == pytest.approx(1.873) and len(t) == 5 and t.complete
     summed = 1.873 + 5 * (2.14987 - 1.873)
@@ -173,4 +187,5 @@ def test_android_table_through_fake_adb(tmp_path, monkeypatch):
     assert t.predict(space, arch) == pytest.approx(2.14987)
     runs = [c for c in fake_adb.read_log(str(tmp_path / "log")) if c[0] == "#device-argv"
             and c[1].endswith("benchmark_model")]  # fmt: skip
-    assert len(runs) == 7 and all("--num_runs=3" in r for r in runs)  # null, 5 parts, child
+    assert all("--num_runs=3" in r for r in runs)
+    assert len(runs) == 8  # null, 5 parts, child; then only the part that had failed

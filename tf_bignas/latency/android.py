@@ -78,7 +78,15 @@ class BenchmarkBinaryError(ValueError):
 
 
 class AndroidBenchmarkError(AdbError):
-    """Some models could not be measured (the others were saved)."""
+    """Some models could not be measured (the others were saved).
+
+    Attributes:
+        report: What the run did (`AndroidReport`), the failures included.
+    """
+
+    def __init__(self, message: str, report: AndroidReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -608,6 +616,7 @@ def benchmark_android(
         listing = "; ".join(f"{k}: {v}" for k, v in failed.items())
         raise AndroidBenchmarkError(
             f"{len(failed)} of {len(models)} models failed on {info.serial} (the other results "
-            f"are saved in {csv_path}): {listing}"
+            f"are saved in {csv_path}): {listing}",
+            report,
         )
     return report

@@ -445,7 +445,13 @@ def _measure(
     options = android.BenchmarkOptions(
         num_threads=s["threads"], warmup_runs=s["warmup_runs"], num_runs=s["num_runs"]
     )
-    report = android.benchmark_android(folder, binary, serial=serial, options=options, log=log)
+    failure = None
+    try:
+        report = android.benchmark_android(folder, binary, serial=serial, options=options, log=log)
+    except android.AndroidBenchmarkError as e:  # keep what was measured, then report it
+        if e.report is None:
+            raise
+        report, failure = e.report, e
     d = report.device
     table.device = {"serial": d.serial, "model": d.model, "android": d.android_version,
                     "abi": d.abi}  # fmt: skip
@@ -459,6 +465,9 @@ def _measure(
     for name, ms in out.items():
         if name != "null":
             record(name, ms)
+    if failure is not None:
+        table.save()
+        raise failure
     return out
 
 
