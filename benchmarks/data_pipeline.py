@@ -17,6 +17,20 @@ largest child (cross-entropy on labels), the smallest and two random children
 GradientTape and one SGD update, as in the paper: `tf_bignas.train.step.SandwichStep`.
 
 Target (issue 2): pipeline >= 3x the step's images per second.
+
+`--transport` (issue 8) compares what leaves the host per training example:
+normalised float32 images at every resolution ("float"), uint8 images at
+every resolution ("uint8", normalised in the step) and the uint8 shared patch
+alone ("patch", resized and normalised in the step, `tf_bignas.data.device`).
+For each it prints the bytes per example and the host's images per second on
+ONE core (a private tf.data thread pool of one thread), interleaved rounds in
+this process, on two settings: ImageNet-like JPEGs (500x375, made once from
+the CIFAR-10 images, upscaled, with noise so that they compress like photos)
+at the paper's resolutions 192/224/288/320 from a 224 patch, and the CIFAR-10
+folder at 24/32. It also times the step-side work of each transport on this
+CPU and compares the device resize with the host resize pixel by pixel.
+
+    python -m benchmarks.data_pipeline --transport
 """
 
 from __future__ import annotations
@@ -25,13 +39,21 @@ import os
 import pathlib
 import tarfile
 import time
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tf_bignas.data import build_train_dataset, open_source, transforms
+from benchmarks.common import matmul_gmacs
+from tf_bignas.data import (
+    DEFAULT_NORMALIZATION,
+    build_train_dataset,
+    network_images,
+    open_source,
+    transforms,
+)
 from tf_bignas.model import Supernet
 from tf_bignas.space import SearchSpace, get_space
 from tf_bignas.train import step as train_step
@@ -46,6 +68,17 @@ _STEPS = flags.DEFINE_integer("steps", 8, "Training steps timed per space.")
 _AUGMENT = flags.DEFINE_enum(
     "augment", "autoaugment", ["autoaugment", "randaugment", "none"], "Augmentation."
 )
+_TRANSPORT = flags.DEFINE_bool(
+    "transport", False, "Only the transport comparison (float / uint8 / patch)."
+)
+_TRANSPORT_BATCHES = flags.DEFINE_integer(
+    "transport_batches", 40, "Batches timed per transport and round."
+)
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds of the transport comparison.")
+_INET_DIR = flags.DEFINE_string(
+    "imagenet_like_dir", "/tmp/bignas_imagenet_like", "Where the ImageNet-like JPEGs go."
+)
+_TRANSPORTS = ("float", "uint8", "patch")
 
 
 def _ensure_cifar(path: str) -> str:
@@ -127,9 +160,136 @@ def _resize_placement(source: str, resolutions: tuple[int, ...], batch_size: int
         print(f"  resize {name:9s}: {rate:9.0f} images/s")
 
 
+def _imagenet_like(cifar: str, path: str, per_class: int = 60) -> str:
+    """A folder of 500x375 JPEGs (quality 90) made from CIFAR-10 training images."""
+    from PIL import Image
+
+    train = os.path.join(path, "train")
+    if os.path.isdir(train) and len(os.listdir(train)) == 10:
+        return path
+    rng = np.random.default_rng(0)
+    for cls in sorted(os.listdir(os.path.join(cifar, "train")))[:10]:
+        out = os.path.join(train, cls)
+        os.makedirs(out, exist_ok=True)
+        names = sorted(os.listdir(os.path.join(cifar, "train", cls)))[:per_class]
+        for name in names:
+            img = Image.open(os.path.join(cifar, "train", cls, name)).convert("RGB")
+            big = np.asarray(img.resize((500, 375), Image.BICUBIC), np.float32)
+            big += rng.normal(0.0, 12.0, big.shape)  # texture: photo-like JPEG sizes
+            Image.fromarray(np.clip(big, 0, 255).astype(np.uint8)).save(
+                os.path.join(out, name), quality=90
+            )
+    return path
+
+
+def _bytes_per_example(ds: tf.data.Dataset) -> int:
+    """Bytes of one example in a batch (every tensor but the label)."""
+    total = 0
+    for spec in tf.nest.flatten(ds.element_spec):
+        if spec.shape.rank and spec.shape.rank > 1:
+            total += int(np.prod(spec.shape[1:])) * spec.dtype.size
+    return total
+
+
+def _one_core(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options)
+
+
+def _transport_setting(
+    name: str, source: str, res: Sequence[int], base: int, batch_size: int
+) -> list[tuple]:
+    """Bytes per example, host images/s on one core, and step-side cost per transport."""
+    datasets = {
+        t: _one_core(
+            build_train_dataset(
+                source, "train", res, batch_size, augment=_AUGMENT.value, seed=0,
+                base_resolution=base, transport=t,
+            )
+        )
+        for t in _TRANSPORTS
+    }  # fmt: skip
+    iterators = {t: iter(ds) for t, ds in datasets.items()}
+    rates: dict[str, list[float]] = {t: [] for t in _TRANSPORTS}
+    for t in _TRANSPORTS:  # warm-up
+        for _ in range(3):
+            next(iterators[t])
+    for _ in range(_ROUNDS.value):
+        for t in _TRANSPORTS:
+            start = time.perf_counter()
+            for _ in range(_TRANSPORT_BATCHES.value):
+                next(iterators[t])
+            rates[t].append(_TRANSPORT_BATCHES.value * batch_size / (time.perf_counter() - start))
+    # Step side: what each transport leaves to the step, on this CPU (2 threads).
+    fresh = {t: next(iter(build_train_dataset(
+        source, "train", res, batch_size, augment=_AUGMENT.value, seed=1,
+        base_resolution=base, transport=t,
+    ))) for t in _TRANSPORTS}  # fmt: skip
+    # Compiled with XLA, as a TPU step is; reduced to a scalar so that copying
+    # the images out is not timed.
+    prep = tf.function(lambda b: network_images(b, res))
+    work = tf.function(
+        lambda b: tf.add_n([tf.reduce_sum(x) for x in network_images(b, res).values()]),
+        jit_compile=True,
+    )
+    step_ms = {}
+    for t in _TRANSPORTS:
+        work(fresh[t]).numpy()
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            work(fresh[t]).numpy()
+            times.append(time.perf_counter() - start)
+        step_ms[t] = 1000 * float(np.median(times)) / batch_size
+    host, device = network_images(fresh["uint8"], res), prep(fresh["patch"])
+    pixels = DEFAULT_NORMALIZATION.invert  # back to pixel levels
+    diffs = {r: np.abs(pixels(host[r]).numpy() - pixels(device[r]).numpy()) for r in res}
+    worst = max(float(d.max()) for d in diffs.values())
+    differing = float(np.mean([np.mean(d > 0.5) for d in diffs.values()]))
+    as_float = network_images(fresh["float"], res)
+    same_float = max(float(np.abs(as_float[r].numpy() - host[r].numpy()).max()) for r in res)
+    print(
+        f"{name}: device resize vs host resize: max {worst:.2f} pixel levels, "
+        f"{differing:.2e} of values differ; uint8 vs float transport max |diff| {same_float:.1e}"
+    )
+    rows = []
+    for t in _TRANSPORTS:
+        rows.append((name, t, _bytes_per_example(datasets[t]), float(np.median(rates[t])),
+                     step_ms[t]))  # fmt: skip
+    return rows
+
+
+def _transport_main(bs: int) -> None:
+    cifar = _ensure_cifar(_CIFAR_DIR.value)
+    print(f"matmul reference: {matmul_gmacs():.1f} GMAC/s in this process")
+    rows = _transport_setting(
+        "ImageNet-like 500x375 JPEGs",
+        f"folder:{_imagenet_like(cifar, _INET_DIR.value)}",
+        (192, 224, 288, 320),
+        224,
+        32,
+    )
+    rows += _transport_setting("CIFAR-10 folder", f"folder:{cifar}", (24, 32), 32, bs)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print()
+    print("| setting | transport | bytes/example | host img/s (1 core) | vs float | "
+          "step-side ms/img (XLA, this CPU) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    base = {name: rate for name, t, _, rate, _ in rows if t == "float"}
+    for name, t, nbytes, rate, ms in rows:
+        print(f"| {name} | {t} | {nbytes:,} | {rate:.0f} | {rate / base[name]:.2f}x | {ms:.3f} |")
+
+
 def main(argv: list[str]) -> None:
     del argv
     bs = _BATCH.value
+    if _TRANSPORT.value:
+        print(f"tf {tf.__version__}, {os.cpu_count()} CPUs, augment {_AUGMENT.value}")
+        print(f"load average before: {os.getloadavg()[0]:.2f}")
+        _transport_main(bs)
+        return
     print(f"tf {tf.__version__}, {os.cpu_count()} CPUs, batch {bs}, augment {_AUGMENT.value}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     setups = (

@@ -69,6 +69,7 @@ def test_imagenet_config_follows_efficientnet_where_the_paper_is_silent():
     assert c.optimizer.ema and c.optimizer.ema_decay == 0.9999
     assert c.model.mode == "mask" and c.runtime.strategy == "tpu"
     assert c.train.calibration_images == 2048 and c.train.calibration_batch_size == 256
+    assert c.data.transport == "patch"  # uint8 patch; the TPU resizes (benchmarks/README.md)
     validate_config(c)
     # 1,231,167 training images (ImageNet minus the minival) at 4096: 300 steps an epoch.
     schedule = build_schedule(c, steps_per_epoch=300, total_steps=108_000)
@@ -85,6 +86,7 @@ def test_imagenet_config_follows_efficientnet_where_the_paper_is_silent():
         ({"runtime.strategy": "tpu"}, "model.mode='slice'.*use --config.model.mode=mask"),
         ({"runtime.jit_compile": True}, "use --config.model.mode=mask"),
         ({"schedule.decay_from": "warmup"}, "decay_from='warmup' is unknown"),
+        ({"data.transport": "bf16"}, r"data.transport='bf16' is unknown; allowed: \['float'"),
         ({"train.calibration_images": 0}, "train.calibration_images must be a positive int"),
         (
             {"train.calibration_batch_size": -3},

@@ -4,7 +4,9 @@ Sources (`sources`): image folders, TFDS datasets and the embedded MNIST
 digits. Transforms (`transforms`, `augment`): Inception crop, flip,
 AutoAugment / RandAugment, bicubic resize of one patch to every resolution,
 centre-crop evaluation. `normalization` is the single definition of the
-network's input. `pipeline` assembles them into `tf.data` datasets.
+network's input. `pipeline` assembles them into `tf.data` datasets, and
+`device` is the part that runs in the compiled step (normalising uint8
+transport, resizing the shared patch on the device).
 
 Example:
     >>> ds = build_train_dataset("embedded", "train", resolutions=(16, 32), batch_size=64)
@@ -13,6 +15,7 @@ Example:
     (TensorShape([64, 16, 16, 3]), TensorShape([64]))
 """
 
+from tf_bignas.data.device import TRANSPORTS, network_images, network_input
 from tf_bignas.data.normalization import DEFAULT_NORMALIZATION, Normalization
 from tf_bignas.data.pipeline import (
     build_calibration_dataset,
@@ -38,10 +41,13 @@ __all__ = [
     "Normalization",
     "SkippedFile",
     "Source",
+    "TRANSPORTS",
     "build_calibration_dataset",
     "build_eval_dataset",
     "build_train_dataset",
     "dataset_info",
     "inspect_data",
+    "network_images",
+    "network_input",
     "open_source",
 ]

@@ -19,6 +19,14 @@ are made once per batch from the base patch with one bicubic resize each
 The resizes run per batch, after batching: one batched resize per resolution
 is about 3x faster than one per image (measured by `benchmarks/data_pipeline.py`).
 
+Transport (`transport=`): what leaves the host. ``"float"`` (the elements
+above, normalised float32 at every resolution), ``"uint8"`` (the same images
+as uint8 pixels, a quarter of the bytes; the step normalises them) or
+``"patch"`` (`{"patch": uint8 [B, base, base, 3], "label"}`: only the shared
+patch, which the step resizes to every resolution and normalises, see
+`tf_bignas.data.device`). `benchmarks/README.md` compares their bytes per
+example and host images per second.
+
 Evaluation elements: `{"image": float32 [B, r, r, 3], "label": int32 [B]}`.
 
 Distribution: pass the `tf.distribute.InputContext` that
@@ -54,6 +62,7 @@ import tensorflow as tf
 
 from tf_bignas.data import augment as augment_lib
 from tf_bignas.data import sources, transforms
+from tf_bignas.data.device import TRANSPORTS
 from tf_bignas.data.normalization import DEFAULT_NORMALIZATION, Normalization
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
@@ -197,6 +206,7 @@ def build_train_dataset(
     normalization: Normalization = DEFAULT_NORMALIZATION,
     drop_remainder: bool = True,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    transport: str = "float",
 ) -> tf.data.Dataset:
     """Builds the multi-resolution training pipeline (shared patch per example).
 
@@ -222,10 +232,14 @@ def build_train_dataset(
         drop_remainder: Drop the last partial batch (static batch shape).
         shuffle_buffer: Shuffle buffer of sequential sources (TFDS); folders and
             in-memory data are shuffled in full through their indices.
+        transport: "float", "uint8" or "patch" (see the module docstring);
+            `tf_bignas.data.device.network_images` turns any of them into the
+            network's input.
 
     Returns:
         A dataset of `{"images": {res: float32 [B, res, res, 3]}, "label": int32 [B]}`
-        with int keys, B the per-replica batch size.
+        with int keys, B the per-replica batch size (uint8 images for
+        "uint8"; `{"patch": uint8 [B, base, base, 3], "label"}` for "patch").
 
     Raises:
         ValueError: On a bad resolution, batch size, augment or cache option
@@ -233,6 +247,8 @@ def build_train_dataset(
         sources.DataSourceError: On a bad source, split or minival size.
         FileNotFoundError: If a folder source or split folder is missing.
     """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown transport {transport!r}; allowed: {list(TRANSPORTS)}")
     if isinstance(resolutions, int) or not resolutions:
         raise ValueError(f"resolutions must be a non-empty sequence of ints, got {resolutions!r}")
     res = tuple(sorted({_check_resolution(r, "resolution") for r in resolutions}))
@@ -314,7 +330,11 @@ def build_train_dataset(
     ds = ds.batch(per_replica, drop_remainder=drop_remainder)
 
     def to_resolutions(patches: tf.Tensor, labels: tf.Tensor) -> dict[str, Any]:
+        if transport == "patch":
+            return {"patch": patches, "label": labels}
         images = transforms.resize_patches(patches, res)
+        if transport == "uint8":
+            return {"images": {r: tf.cast(x, tf.uint8) for r, x in images.items()}, "label": labels}
         return {
             "images": {r: normalization.apply(x) for r, x in images.items()},
             "label": labels,
@@ -371,7 +391,7 @@ def build_eval_dataset(
         sample_seed: Seed of the sample.
         normalize: Normalise on the host (float32 output); False yields the
             uint8 pixels, for the network side to normalise (with the same
-            `normalization`, e.g. `tf_bignas.train.calibration.network_input`).
+            `normalization`: `tf_bignas.data.device.network_input`).
 
     Returns:
         A dataset of `{"image": float32 [B, r, r, 3], "label": int32 [B]}`

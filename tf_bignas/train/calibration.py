@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
+from tf_bignas.data.device import network_input
 from tf_bignas.data.normalization import DEFAULT_NORMALIZATION, Normalization
 from tf_bignas.model.bn_stats import BNStats
 from tf_bignas.model.supernet import Supernet
@@ -46,25 +47,6 @@ from tf_bignas.space import ArchConfig
 
 DEFAULT_CALIBRATION_IMAGES = 2048
 DEFAULT_CALIBRATION_BATCH_SIZE = 256
-
-
-def network_input(images: tf.Tensor, normalization: Normalization) -> tf.Tensor:
-    """What the network takes: uint8 pixels are normalised, float images pass as they are.
-
-    Float images are taken to be normalised already (the input pipeline's
-    float output); uint8 images are pixels in [0, 255], normalised here, on the
-    device, with `normalization`.
-
-    Args:
-        images: uint8 pixels or normalised float images, NHWC.
-        normalization: The input normalisation.
-
-    Returns:
-        float32 normalised images.
-    """
-    if images.dtype == tf.uint8:
-        return normalization.apply(images)
-    return images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +71,8 @@ class ChildEvaluator:
         net: The supernet.
         strategy: Distribution strategy; datasets passed in must then be
             distributed datasets of that strategy. Default strategy if None.
-        normalization: Applied on the device to uint8 images (see `network_input`).
+        normalization: Applied on the device to uint8 images
+            (`tf_bignas.data.device.network_input`).
     """
 
     def __init__(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from tf_bignas.data.device import TRANSPORTS
 from tf_bignas.model import Supernet
 from tf_bignas.space import SearchSpace, get_space
 from tf_bignas.train.calibration import DEFAULT_CALIBRATION_BATCH_SIZE, DEFAULT_CALIBRATION_IMAGES
@@ -48,6 +49,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.base_resolution = 0  # 0 = the largest training resolution
     c.data.crop_scale = (0.08, 1.0)  # area fraction of the Inception-style random crop
     c.data.strict = False  # fail on a corrupt image instead of skipping it
+    # What leaves the host per training example: "uint8" (every resolution,
+    # normalised in the step), "patch" (the uint8 shared patch alone; the step
+    # resizes and normalises it: for accelerators, whose hosts are the
+    # bottleneck) or "float" (normalised float32 at every resolution). See
+    # tf_bignas/data/device.py and benchmarks/README.md.
+    c.data.transport = "uint8"
 
     c.sandwich = ml_collections.ConfigDict()
     c.sandwich.num_random = 2
@@ -133,6 +140,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"runtime.jit_compile=True needs static shapes, but model.mode={m.mode!r}; "
             "use --config.model.mode=mask"
+        )
+    if config.data.transport not in TRANSPORTS:
+        raise ValueError(
+            f"data.transport={config.data.transport!r} is unknown; allowed: {list(TRANSPORTS)}"
         )
     if s.kind not in KINDS:
         raise ValueError(f"schedule.kind={s.kind!r} is unknown; allowed: {list(KINDS)}")

@@ -217,6 +217,7 @@ def _train_locked(
             input_context=ctx,
             minival=minival_size(config),
             strict=d.strict,
+            transport=d.transport,  # the step finishes it (tf_bignas.data.device)
         )
 
     iterator = iter(strategy.distribute_datasets_from_function(train_input))

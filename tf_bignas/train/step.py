@@ -37,6 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_bignas.data.device import network_images
 from tf_bignas.model.supernet import Supernet
 from tf_bignas.space import ArchConfig
 
@@ -212,7 +213,10 @@ class SandwichStep:
     def _replica_step(self, batch, archs, step, knobs):
         net = self.net
         variables = net.trainable_variables
-        images, labels = batch["images"], tf.cast(batch["label"], tf.int32)
+        # Normalised float32 at every resolution, from any transport (uint8 pixels
+        # are normalised here, a shared patch is resized here: tf_bignas.data.device).
+        images = network_images(batch, self.resolutions)
+        labels = tf.cast(batch["label"], tf.int32)
         num_children = archs["res_index"].shape[0]
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         base_seed = tf.stack([knobs["seed"], step])
