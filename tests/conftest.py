@@ -278,7 +278,6 @@ def trained_workdir(tmp_path_factory) -> str:
         train__calibration_batch_size=16,
         train__eval_batches=8,
         data__minival=200,
-        runtime__threads=1,
     )
     result = train(config, workdir, log=lambda line: None)
     assert result.finished and result.step == 48

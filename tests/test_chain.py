@@ -39,7 +39,6 @@ def test_the_chain_trains_searches_exports_benchmarks_and_reports(trained_workdi
         train__calibration_batches=4,
         train__eval_batches=8,
         data__minival=200,
-        runtime__threads=1,
     )
     lines = []
     result = run_chain(config, workdir, search_config=_small_search(), log=lines.append)

@@ -112,6 +112,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.runtime.deterministic = False  # enable_op_determinism (slower)
     c.runtime.jit_compile = False  # XLA for each child pass on GPU (needs model.mode="mask")
     c.runtime.threads = 0  # intra/inter-op threads; 0 = TensorFlow's default
+
+    # The one-command chain (pipelines/run_all.py): search, export, benchmark.
+    c.chain = ml_collections.ConfigDict()
+    c.chain.budgets = ""  # e.g. "mflops:250,400,600"; required by run_all
+    c.chain.search_method = "coarse_to_fine"
+    c.chain.search_log_every = 10
+    c.chain.quantize = "fp32,int8"  # TFLite files per child (fp16 too if listed)
+    c.chain.verify_examples = 0  # images verified per file; 0 = the whole eval split
+    c.chain.benchmark_threads = 1
+    c.chain.benchmark_runs = 50
     return c
 
 

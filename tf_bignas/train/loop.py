@@ -150,6 +150,22 @@ def train(
         return _train_locked(config, workdir, space, info, max_steps, strategy, log)
 
 
+def _set_threads(threads: int, log: Callable[[str], None]) -> None:
+    """Sets TensorFlow's thread pools, or says why they keep their size.
+
+    They can be sized only before TensorFlow first runs an op in the process
+    (a second run in one process, e.g. tests or the chain, finds them fixed).
+    """
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if current == threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log(f"runtime.threads={threads} not applied: TensorFlow already runs in this process")
+
+
 def _train_locked(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -162,8 +178,7 @@ def _train_locked(
     """The run itself, once `train` has checked everything and holds the lock."""
     rt = config.runtime
     if rt.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(rt.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(rt.threads)
+        _set_threads(rt.threads, log)
     if rt.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
