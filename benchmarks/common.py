@@ -9,6 +9,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from tf_bignas.export.host_benchmark import machine_reference
+
 
 def timed(fn: Callable[..., Any], *args: Any) -> float:
     """Seconds to run `fn(*args)` and materialise every tensor it returns.
@@ -29,6 +31,9 @@ def timed(fn: Callable[..., Any], *args: Any) -> float:
 def matmul_gmacs(size: int = 2048, repeats: int = 5) -> float:
     """This process's float32 matmul rate, in GMAC/s (best of `repeats`).
 
+    The same measurement as the model cards' machine reference
+    (`tf_bignas.export.host_benchmark.machine_reference`), on larger matrices.
+
     Args:
         size: Side of the square matrices.
         repeats: Timed runs.
@@ -36,9 +41,4 @@ def matmul_gmacs(size: int = 2048, repeats: int = 5) -> float:
     Returns:
         Multiply-adds per second / 1e9.
     """
-    a = tf.random.stateless_normal((size, size), seed=(0, 1))
-    b = tf.random.stateless_normal((size, size), seed=(0, 2))
-    matmul = tf.function(tf.matmul)
-    matmul(a, b).numpy()
-    best = min(timed(matmul, a, b) for _ in range(repeats))
-    return size**3 / best / 1e9
+    return machine_reference(size, repeats)
