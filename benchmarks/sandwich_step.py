@@ -20,14 +20,28 @@ through the supernet as four bare `tf.function` calls (no optimizer, no
 distillation) and the same four passes plus one RMSProp update in one
 `tf.function`, to show where any overhead of the sandwich step goes.
 
-    python -m benchmarks.sandwich_step --resolution=64 --batch_size=32 --threads=2
+Machine reference and memory (issue 8), in the same process: the float32
+matmul rate (`benchmarks.common.matmul_gmacs`) and the ratio of the step's
+effective MAC rate to it; the peak of TensorFlow's CPU allocator during one
+sandwich step and during the largest child's static step (above what was
+allocated before the call: activations, gradients, workspace), and their
+ratio. With `--profile`, a TensorFlow profiler trace of a few sandwich steps,
+summed by op type: the top ops by time.
 
-Target (issue 4): sandwich step <= 1.10x the sum of its children's static steps.
+    python -m benchmarks.sandwich_step --resolution=64 --batch_size=32 --threads=2
+    python -m benchmarks.sandwich_step --resolution=128 --rounds=3 --profile
+
+Targets: sandwich step <= 1.10x the sum of its children's static steps
+(issue 4); effective MAC/s >= 0.3x the matmul rate and peak memory <= 1.5x
+the largest child's static step (issue 8).
 """
 
 from __future__ import annotations
 
+import collections
+import glob
 import os
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -36,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from benchmarks.common import timed
+from benchmarks.common import matmul_gmacs, timed
 from tf_bignas.model import Supernet, cost
 from tf_bignas.model.slicing import extract_child
 from tf_bignas.space import ArchConfig, get_space
@@ -52,6 +66,10 @@ _ROUNDS = flags.DEFINE_integer("rounds", 12, "Timed rounds.")
 _THREADS = flags.DEFINE_integer("threads", 2, "Intra-op and inter-op threads.")
 _BREAKDOWN = flags.DEFINE_bool(
     "breakdown", False, "Also time bare supernet passes (where the overhead goes)."
+)
+_PROFILE = flags.DEFINE_bool("profile", False, "Profile sandwich steps: top ops by time.")
+_UNROLL = flags.DEFINE_bool(
+    "unroll", False, "Unrolled children (one inlined copy each) instead of the children's loop."
 )
 
 _NAMES = ("largest", "smallest", "random0", "random1")
@@ -113,6 +131,53 @@ def _breakdown_fns(
     }
 
 
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes of TensorFlow's CPU allocator during `fn()`, above what was held before."""
+    timed(fn)  # nothing left to build or trace
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    timed(fn)
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+
+def top_ops(fn: Callable[[], object], steps: int = 3, top: int = 15) -> list[tuple[str, float]]:
+    """Milliseconds per call by op type, from a TensorFlow profiler trace of `steps` calls.
+
+    Args:
+        fn: One call (already traced).
+        steps: Calls traced.
+        top: Op types returned.
+
+    Returns:
+        [(op type, ms per call)], largest first, plus ("all ops", total).
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tempfile.mkdtemp(prefix="sandwich_profile_")
+    tf.profiler.experimental.start(logdir)
+    for _ in range(steps):
+        timed(fn)
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
+        space.ParseFromString(f.read())
+    by_type: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        names = {k: m.name for k, m in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                # TF op events are named "op_name:OpType"; skip the spans of whole
+                # functions and of the executor, which contain the ops.
+                kind = name.rsplit(":", 1)[1] if ":" in name else ""
+                if kind and not kind.startswith("__") and kind not in ("Run", "RunGraph"):
+                    by_type[kind] += event.duration_ps / 1e9 / steps
+    total = sum(by_type.values())
+    return [*by_type.most_common(top), ("all ops", total)]
+
+
 def main(argv: list[str]) -> None:
     del argv
     tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
@@ -123,7 +188,9 @@ def main(argv: list[str]) -> None:
     net = Supernet(space, num_classes=nc)
     options = SandwichOptions()
     optimizer = RMSpropTF(learning_rate=1e-4, rho=0.9, momentum=0.9, epsilon=1e-3)
-    step_fn = SandwichStep(net, optimizer, options, global_batch_size=bs)
+    step_fn = SandwichStep(
+        net, optimizer, options, global_batch_size=bs, unroll_children=_UNROLL.value
+    )
     children = sample_children(net, 0, options)
     assert len(children) == len(_NAMES)
 
@@ -184,6 +251,29 @@ def main(argv: list[str]) -> None:
         f"throughput: {gmacs:.2f} GMAC/s (sum of MACs x 3 x batch / step), {bs / sandwich:.1f} img/s"
     )
     print(f"traces: step {step_fn.tracing_count}, child pass {step_fn.child_tracing_count}")
+
+    # Machine reference and memory, in this process.
+    reference = matmul_gmacs()
+    print(
+        f"matmul rate (2048x2048 float32, this process): {reference:.1f} GMAC/s; "
+        f"effective / matmul = {gmacs / reference:.3f}  (target >= 0.3)"
+    )
+    largest = max(zip(macs, _NAMES))[1]
+    mem = {name: peak_bytes(variants[name]) for name in ("sandwich", largest)}
+    print(
+        f"peak allocator bytes above the resting state: sandwich {mem['sandwich'] / 2**20:.0f} "
+        f"MiB, largest child's static step {mem[largest] / 2**20:.0f} MiB, ratio "
+        f"{mem['sandwich'] / mem[largest]:.2f}  (target <= 1.5)"
+    )
+    with open("/proc/self/status") as f:
+        hwm = [line.split()[1] for line in f if line.startswith("VmHWM")]
+    print(f"process peak RSS: {int(hwm[0]) / 2**10:.0f} MiB")
+    if _PROFILE.value:
+        print("\ntop ops of the sandwich step by time (ms per step, profiler, 3 steps):")
+        ops = top_ops(variants["sandwich"])
+        total = ops[-1][1]
+        for name, ms in ops:
+            print(f"  {name:34s} {ms:8.1f} ms  {ms / total:6.1%}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,11 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import ConfigDict, config_flags  # noqa: E402
 
 from tf_bignas.train.config import validate_config  # noqa: E402
-from tf_bignas.train.distribute import STRATEGIES, build_strategy  # noqa: E402
+from tf_bignas.train.distribute import (  # noqa: E402
+    STRATEGIES,
+    WorkerFailureError,
+    build_strategy,
+)
 from tf_bignas.train.loop import NonFiniteLossError, train  # noqa: E402
 from tf_bignas.train.validation import (  # noqa: E402
     ConfigError,
@@ -90,4 +94,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, expected=(NonFiniteLossError,))
+    cli.run(main, expected=(NonFiniteLossError, WorkerFailureError))

@@ -112,6 +112,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.runtime.deterministic = False  # enable_op_determinism (slower)
     c.runtime.jit_compile = False  # XLA for each child pass on GPU (needs model.mode="mask")
     c.runtime.threads = 0  # intra/inter-op threads; 0 = TensorFlow's default
+    # Sandwich steps per compiled call (an on-device loop; children are drawn
+    # in-graph from (seed, step), so any value trains the same weights). The
+    # host reads the losses (and checks that they are finite) only at log,
+    # checkpoint and evaluation steps. Raise it on TPUs and fast GPUs.
+    c.runtime.steps_per_loop = 1
 
     # The one-command chain (pipelines/run_all.py): search, export, benchmark.
     c.chain = ml_collections.ConfigDict()
@@ -151,6 +156,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"runtime.jit_compile=True needs static shapes, but model.mode={m.mode!r}; "
             "use --config.model.mode=mask"
         )
+    steps = rt.steps_per_loop
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"runtime.steps_per_loop must be a positive int, got {steps!r}")
     if config.data.transport not in TRANSPORTS:
         raise ValueError(
             f"data.transport={config.data.transport!r} is unknown; allowed: {list(TRANSPORTS)}"

@@ -1,12 +1,82 @@
-"""Building a `tf.distribute` strategy by name, with clear errors for missing devices."""
+"""Building a `tf.distribute` strategy by name, with clear errors for missing devices,
+and the role of this process in a multi-worker cluster.
+
+Multi-worker training (`MultiWorkerMirroredStrategy`, the cluster from the
+`TF_CONFIG` environment variable) runs the same program in every worker
+process. The chief (task "chief", or worker 0 when the cluster has no chief)
+owns the workdir: it takes its lock, writes the run record, the checkpoints,
+TensorBoard logs and results. Every other worker restores from the chief's
+checkpoints and writes its own copies (every worker must take part in a
+save) into a temporary folder that it deletes. When a worker dies or becomes
+unreachable, the others' next collective operation fails; the training loop
+reports it as a `WorkerFailureError` that names the lost step and the
+checkpoint to resume from, and starting every worker again with the same
+command resumes the run there.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import tensorflow as tf
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+# What a collective operation raises when a peer worker died or cannot be reached.
+PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
+
+
+class WorkerFailureError(RuntimeError):
+    """A worker of a multi-worker run died or became unreachable; this worker stopped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRole:
+    """Where this process sits in a (multi-worker) cluster.
+
+    Attributes:
+        task_type: "chief" or "worker" in a multi-worker cluster; "" for one process.
+        task_id: Index among the tasks of its type.
+        num_workers: Worker processes in the cluster (chief included).
+        is_chief: Whether this process owns the workdir.
+    """
+
+    task_type: str = ""
+    task_id: int = 0
+    num_workers: int = 1
+    is_chief: bool = True
+
+    @property
+    def name(self) -> str:
+        """E.g. "worker 1" ("this process" outside a cluster)."""
+        return f"{self.task_type} {self.task_id}" if self.task_type else "this process"
+
+
+def worker_role(strategy: tf.distribute.Strategy | None) -> WorkerRole:
+    """This process's role under a strategy (one process unless multi-worker).
+
+    Args:
+        strategy: The run's strategy (None: one process).
+
+    Returns:
+        The WorkerRole.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return WorkerRole()
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return WorkerRole()
+    spec = resolver.cluster_spec().as_dict()
+    num = sum(len(spec.get(kind, ())) for kind in ("chief", "worker"))
+    kind, index = resolver.task_type, int(resolver.task_id)
+    chief = kind == "chief" or ("chief" not in spec and kind == "worker" and index == 0)
+    return WorkerRole(kind, index, num, chief)
 
 
 def build_strategy(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -51,9 +52,15 @@ from tf_bignas.train.config import (
     minival_size,
     validate_config,
 )
-from tf_bignas.train.distribute import build_strategy
+from tf_bignas.train.distribute import (
+    PEER_ERRORS,
+    WorkerFailureError,
+    WorkerRole,
+    build_strategy,
+    worker_role,
+)
 from tf_bignas.train.optimizers import RMSpropTF, ema_weights
-from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children
+from tf_bignas.train.step import SandwichOptions, SandwichStep
 from tf_bignas.train.validation import (
     validate_dataset,
     validate_max_steps,
@@ -143,11 +150,35 @@ def train(
     ckpt_dir = os.path.join(workdir, wd.CHECKPOINT_DIR)
     integrity.check_resume(workdir, record)  # refuse early, before taking the lock
     integrity.check_checkpoint_files(ckpt_dir)
+    role = worker_role(strategy)
+    if not role.is_chief:
+        return _train_worker(config, workdir, space, info, max_steps, strategy, log, role)
     with integrity.locked(workdir, log):
         integrity.check_resume(workdir, record)  # again, now that no one else writes
         integrity.check_checkpoint_files(ckpt_dir)
         integrity.write_record(workdir, record, config)
-        return _train_locked(config, workdir, space, info, max_steps, strategy, log)
+        return _train_locked(config, workdir, space, info, max_steps, strategy, log, role=role)
+
+
+def _train_worker(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    space: SearchSpace,
+    info: data_lib.DataInfo,
+    max_steps: int | None,
+    strategy: tf.distribute.Strategy,
+    log: Callable[[str], None],
+    role: WorkerRole,
+) -> TrainResult:
+    """A non-chief worker of a multi-worker run: the chief owns the workdir.
+
+    It reads the chief's checkpoints and writes its own (every worker takes
+    part in a save) into a temporary folder, deleted at the end.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"bignas_{role.task_type}{role.task_id}_") as own:
+        return _train_locked(
+            config, workdir, space, info, max_steps, strategy, log, role=role, scratch=own
+        )
 
 
 def _set_threads(threads: int, log: Callable[[str], None]) -> None:
@@ -174,8 +205,15 @@ def _train_locked(
     max_steps: int | None,
     strategy: tf.distribute.Strategy | None,
     log: Callable[[str], None],
+    role: WorkerRole | None = None,
+    scratch: str = "",
 ) -> TrainResult:
-    """The run itself, once `train` has checked everything and holds the lock."""
+    """The run itself, once `train` has checked everything and holds the lock.
+
+    A non-chief worker (`role`) writes nothing into the workdir: its own
+    checkpoints and logs go to `scratch`.
+    """
+    role = role or WorkerRole()
     rt = config.runtime
     if rt.threads:
         _set_threads(rt.threads, log)
@@ -215,7 +253,8 @@ def _train_locked(
         step_fn = SandwichStep(net, optimizer, options, batch, strategy, jit_compile=rt.jit_compile)
         sampler_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
 
-    wd.write_model_spec(workdir, net)
+    if role.is_chief:
+        wd.write_model_spec(workdir, net)
     resolutions = space.train_resolutions
 
     def train_input(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -237,8 +276,12 @@ def _train_locked(
 
     iterator = iter(strategy.distribute_datasets_from_function(train_input))
     state = {"model": net, "optimizer": optimizer, "sampler_seed": sampler_seed}
-    if config.train.checkpoint_data:
+    if config.train.checkpoint_data and role.num_workers == 1:
         state["data"] = iterator  # exact resume of the data order and augmentation
+    elif config.train.checkpoint_data and role.is_chief:
+        # Each worker reads its own shard, but every worker restores the chief's
+        # checkpoint: a resumed multi-worker run starts its data streams afresh.
+        log("multi-worker run: the input position is not checkpointed (train.checkpoint_data)")
     checkpoint = tf.train.Checkpoint(**state)
     ckpt_dir = os.path.join(workdir, wd.CHECKPOINT_DIR)
 
@@ -252,9 +295,17 @@ def _train_locked(
 
     # The newest checkpoint that reads back whole and healthy (a damaged one is
     # named, moved to checkpoints/damaged/, and the previous one used).
-    restored = integrity.restore_newest_intact(checkpoint, ckpt_dir, state_problem, log)
+    if role.is_chief:
+        restored = integrity.restore_newest_intact(checkpoint, ckpt_dir, state_problem, log)
+    else:  # the chief's newest checkpoint, read-only
+        restored = tf.train.latest_checkpoint(ckpt_dir)
+        if restored:
+            checkpoint.restore(restored).assert_existing_objects_matched()
+    out_dir = workdir if role.is_chief else scratch
     manager = tf.train.CheckpointManager(
-        checkpoint, ckpt_dir, max_to_keep=config.train.keep_checkpoints
+        checkpoint,
+        os.path.join(out_dir, wd.CHECKPOINT_DIR),
+        max_to_keep=config.train.keep_checkpoints,
     )
     if restored:
         if int(sampler_seed.numpy()) != config.seed:
@@ -262,7 +313,7 @@ def _train_locked(
                 f"workdir {workdir!r} holds a run with seed {int(sampler_seed.numpy())}, "
                 f"but config.seed is {config.seed}: use a new workdir or the same seed"
             )
-        log(f"resumed from {restored} at step {int(optimizer.iterations)}")
+        log(f"resumed from {restored} at step {int(optimizer.iterations.numpy())}")
 
     def save(step: int) -> None:
         """Checkpoints the state after `step` steps, if it is healthy."""
@@ -274,7 +325,7 @@ def _train_locked(
             )
         manager.save(checkpoint_number=step)
 
-    writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
     evaluator = ChildEvaluator(net, strategy)
     eval_sets: dict[tuple[str, int], object] = {}
     # Calibration: a fixed random sample of the training split, in batches of
@@ -326,47 +377,96 @@ def _train_locked(
     step = int(optimizer.iterations.numpy())
     start_step, start = step, time.perf_counter()
     last_log_step, last_log = step, start
-    while step < stop_at:
-        children = sample_children(net, step, options)
-        losses = step_fn(next(iterator), children, step)["losses"]
-        if not np.all(np.isfinite(losses)):
+    t = config.train
+    # Outputs of the compiled loop since the last look at them: the host
+    # reads the losses only at log, checkpoint and evaluation steps, so the
+    # device runs ahead between them.
+    unchecked: list = []
+
+    def check_finite() -> None:
+        """Raises on the first non-finite loss since the last check."""
+        for out in unchecked:
+            bad_step = int(out.bad_step.numpy())
+            if bad_step < 0:
+                continue
+            losses = out.bad_losses.numpy()
             bad = int(np.argmin(np.isfinite(losses)))
             kind = CHILD_NAMES[bad] if bad < 2 else f"random #{bad - 1}"
+            child = step_fn.sample_children(bad_step)[bad]
             raise NonFiniteLossError(
-                f"non-finite loss {losses[bad]} at step {step + 1} in the {kind} child "
-                f"({children[bad].to_paper_notation()}); stopped without saving. The last good "
-                f"checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}"
+                f"non-finite loss {losses[bad]} at step {bad_step + 1} in the {kind} child "
+                f"({child.to_paper_notation()}), found at the check after step {step}; stopped "
+                "without saving. The last good checkpoint is "
+                f"{manager.latest_checkpoint or 'none (no checkpoint yet)'}"
             )
-        step += 1
-        if step % config.train.log_every == 0 or step == stop_at:
-            now = time.perf_counter()
-            ips = (step - last_log_step) * batch / max(now - last_log, 1e-9)
-            rate = (step - start_step) / max(now - start, 1e-9)
-            lr = float(schedule(step))
-            rnd = float(np.mean(losses[2:])) if len(losses) > 2 else float("nan")
-            log(
-                f"step {step}/{stop_at} loss largest {losses[0]:.4f} smallest {losses[1]:.4f} "
-                f"random {rnd:.4f} lr {lr:.4g} {ips:.0f} img/s ETA {_eta((stop_at - step) / rate)}"
-            )
-            with writer.as_default(step=step):
-                tf.summary.scalar("loss/largest", losses[0])
-                tf.summary.scalar("loss/smallest", losses[1])
-                if len(losses) > 2:
-                    tf.summary.scalar("loss/random", rnd)
-                tf.summary.scalar("lr", lr)
-                tf.summary.scalar("images_per_second", ips)
-            last_log_step, last_log = step, now
-        if step % config.train.checkpoint_every == 0 and step < stop_at:
+        unchecked.clear()
+
+    def next_event(step: int) -> int:
+        """The next step at which the host logs, checkpoints, evaluates or stops."""
+        every = (t.log_every, t.checkpoint_every, t.eval_every)
+        return min([stop_at] + [(step // e + 1) * e for e in every if e])
+
+    try:
+        while step < stop_at:
+            # Up to steps_per_loop steps in one compiled call, never past an event.
+            num_steps = min(rt.steps_per_loop, next_event(step) - step)
+            last = step_fn.run(iterator, step, num_steps)
+            unchecked.append(last)
+            step += num_steps
+            if step == next_event(step - 1):
+                check_finite()
+            if step % config.train.log_every == 0 or step == stop_at:
+                losses = last.losses.numpy()
+                now = time.perf_counter()
+                ips = (step - last_log_step) * batch / max(now - last_log, 1e-9)
+                rate = (step - start_step) / max(now - start, 1e-9)
+                lr = float(schedule(step))
+                rnd = float(np.mean(losses[2:])) if len(losses) > 2 else float("nan")
+                log(
+                    f"step {step}/{stop_at} loss largest {losses[0]:.4f} smallest {losses[1]:.4f} "
+                    f"random {rnd:.4f} lr {lr:.4g} {ips:.0f} img/s ETA {_eta((stop_at - step) / rate)}"
+                )
+                with writer.as_default(step=step):
+                    tf.summary.scalar("loss/largest", losses[0])
+                    tf.summary.scalar("loss/smallest", losses[1])
+                    if len(losses) > 2:
+                        tf.summary.scalar("loss/random", rnd)
+                    tf.summary.scalar("lr", lr)
+                    tf.summary.scalar("images_per_second", ips)
+                last_log_step, last_log = step, now
+            if step % config.train.checkpoint_every == 0 and step < stop_at:
+                save(step)
+            if (
+                config.train.eval_every
+                and step % config.train.eval_every == 0
+                and step < total_steps
+            ):
+                accs = evaluate_children()
+                with writer.as_default(step=step):
+                    for name, acc in accs.items():
+                        tf.summary.scalar(f"eval/top1_{name}", acc.top1)
+                        tf.summary.scalar(f"eval/top5_{name}", acc.top5)
+                log(
+                    f"step {step} eval "
+                    + " ".join(f"{n} top1 {a.top1:.4f}" for n, a in accs.items())
+                )
+        check_finite()
+        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
             save(step)
-        if config.train.eval_every and step % config.train.eval_every == 0 and step < total_steps:
-            accs = evaluate_children()
-            with writer.as_default(step=step):
-                for name, acc in accs.items():
-                    tf.summary.scalar(f"eval/top1_{name}", acc.top1)
-                    tf.summary.scalar(f"eval/top5_{name}", acc.top5)
-            log(f"step {step} eval " + " ".join(f"{n} top1 {a.top1:.4f}" for n, a in accs.items()))
-    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-        save(step)
+    except PEER_ERRORS as e:
+        if role.num_workers == 1:
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        hints = ("unhealthy", "refused", "failed to connect", "socket closed", "peer", "abort")
+        first = next((x for x in lines if any(h in x.lower() for h in hints)), None)
+        first = (first or (lines or [type(e).__name__])[0])[:300]
+        raise WorkerFailureError(
+            f"{role.name} of {role.num_workers}: another worker died or became unreachable "
+            f"during the steps after step {step} ({type(e).__name__}: {first}). This worker "
+            "stopped without saving. Start every worker again with the same command: the "
+            "run resumes from the chief's last checkpoint, "
+            f"{tf.train.latest_checkpoint(ckpt_dir) or 'none (no checkpoint yet)'}"
+        ) from e
     seconds = time.perf_counter() - start
     finished = step >= total_steps
     accuracies: dict[str, Accuracy] = {}
@@ -374,6 +474,7 @@ def _train_locked(
         if o.ema:  # From here on the model holds the EMA weights, which are saved.
             optimizer.finalize_variable_values(net.trainable_variables)
         accuracies = evaluate_children()
+    if finished and role.is_chief:  # every worker evaluates; the chief writes
         net.bn_stats.save(os.path.join(workdir, wd.BN_STATS_FILE))
         weights = os.path.join(workdir, wd.WEIGHTS_FILE)
         net.save_weights(weights + ".tmp.weights.h5")

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 
@@ -45,6 +46,41 @@ class RMSpropTF(keras.optimizers.RMSprop):
         super().build(var_list)
         for velocity in self._velocities:
             velocity.assign(keras.ops.full(velocity.shape, self.initial_accumulator))
+
+    def update_step(self, gradient: object, variable: object, learning_rate: object) -> None:
+        """One variable's update: TF1's fused `ApplyRMSProp` kernel on TensorFlow.
+
+        The same arithmetic as Keras' RMSprop with momentum (epsilon inside the
+        square root), as one op per variable instead of about fifteen: the
+        training step's graph is smaller, traced and optimised faster, and its
+        update reads each slot once. Keras' own update runs on other backends,
+        on TPUs, and for the centred or momentum-free variants.
+
+        Args:
+            gradient: The variable's gradient.
+            variable: The (TensorFlow) variable.
+            learning_rate: This step's learning rate.
+        """
+        if not self._fused_update():
+            super().update_step(gradient, variable, learning_rate)
+            return
+        index = self._get_variable_index(variable)
+        dtype = variable.dtype
+        tf.raw_ops.ResourceApplyRMSProp(
+            var=variable.handle,
+            ms=self._velocities[index].value.handle,
+            mom=self._momentums[index].value.handle,
+            lr=tf.cast(learning_rate, dtype),
+            rho=tf.constant(self.rho, dtype),
+            momentum=tf.constant(self.momentum, dtype),
+            epsilon=tf.constant(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+        )
+
+    def _fused_update(self) -> bool:
+        if keras.backend.backend() != "tensorflow" or self.centered or not self.momentum > 0:
+            return False
+        return not isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
 
     def _update_model_variables_moving_average(self, trainable_variables: list) -> None:
         """EMA update with TF1's `num_updates` warm-up of the decay (see the module docstring)."""

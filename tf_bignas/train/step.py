@@ -15,13 +15,26 @@ Switches give the paper's ablations: `inplace_distillation=False` (every
 child learns from the labels), `regularize_all_children=True` (dropout and
 weight decay on every child instead of the largest only).
 
-Children are sampled in Python from a stateless generator keyed on
-(seed, step), so every replica and every host draws the same children, and a
-resumed run draws the ones it would have drawn. They enter the compiled step
-as stacked int32 tensors (`Supernet.encode_arch`), and a random child's
-resolution as an index into the batch's resolutions, dispatched in-graph with
-`tf.switch_case` whose branches each have static shapes: the step function is
-traced once for the whole run, in slice mode and under XLA alike.
+Children are drawn from a stateless generator keyed on (seed, step)
+(`ChildSampler`): every replica and every host draws the same children, and a
+resumed run draws the ones it would have drawn. The training loop samples them
+in-graph (`SandwichStep.run`, which runs K steps in one compiled call, reading
+its batches from the iterator on the device); `sample_children` runs the same
+sampler eagerly and decodes the draw into `ArchConfig`s, so the host can name
+the children of any step. Children enter the per-step computation as stacked
+int32 tensors (`Supernet.encode_arch`), and a child's resolution as an index
+into the batch's resolutions.
+
+The children of a step run one after another as the iterations of a single
+`tf.while_loop` (one iteration per child, the largest first), so the step holds
+ONE copy of the supernet's forward and backward instead of one per child: the
+first call traces and optimises one child pass, and only one child's
+activations are alive at a time. In slice mode the loop body picks the images
+of the child's resolution with `tf.switch_case` (one child graph with a dynamic
+spatial shape serves them all); in mask mode (XLA, static shapes) the body
+holds one branch per training resolution. Synchronized BN under
+MirroredStrategy needs a cross-replica reduction that cannot sit inside a
+nested graph, so then the children are unrolled in Python, one copy each.
 
 Loss scaling for distribution: each replica's loss is the sum of its
 per-example losses divided by the global batch size, and the Keras optimizer
@@ -63,8 +76,192 @@ class SandwichOptions:
     seed: int = 0
 
 
+class ChildSampler:
+    """Draws the children of a step from a stateless (seed, step) key, in-graph or eagerly.
+
+    A step's children are the largest (at the largest training resolution),
+    the smallest (at the smallest), then `num_random` children drawn
+    uniformly per choice: every width, every stage depth, the kernel and
+    expand ratio of every active layer, and the resolution, as
+    `SearchSpace.sample` does. The draw is a pure function of (seed, step)
+    (stateless Philox), so it is the same on every replica, host and device,
+    in a compiled loop and eagerly.
+
+    Args:
+        net: The supernet (its space and layer plan).
+        num_random: Random children per step.
+    """
+
+    def __init__(self, net: Supernet, num_random: int) -> None:
+        space = net.space
+        self.space, self.num_random = space, int(num_random)
+        self.resolutions = tuple(sorted(space.train_resolutions))
+        stages = space.stages
+        blocks = net.max_plan.blocks
+        self._blocks = [(b.stage, b.index) for b in blocks]
+        widths = space.width_choices()
+        self._widths = widths
+        # Number of choices at each drawn position: widths, depths, kernels,
+        # expand ratios (every supernet layer; inactive ones are padded), resolution.
+        n_w = [len(c) for c in widths]
+        n_d = [len(s.depths) for s in stages]
+        n_k = [len(stages[s].kernels) for s, _ in self._blocks]
+        n_e = [len(stages[s].expand_ratios) for s, _ in self._blocks]
+        self._sizes = (len(n_w), len(n_d), len(n_k), len(n_e), 1)
+        self._num_choices = np.asarray(n_w + n_d + n_k + n_e + [len(self.resolutions)], np.int64)
+        max_w, max_e = max(n_w), max(n_e)
+        self._max_w, self._max_e = max_w, max_e
+
+        def table(rows: list[Sequence[int]], width: int) -> np.ndarray:
+            return np.asarray([list(r) + [r[-1]] * (width - len(r)) for r in rows], np.int32)
+
+        self._width_table = table(widths, max_w)
+        self._depth_table = table([s.depths for s in stages], max(n_d))
+        self._kernel_table = table([stages[s].kernels for s, _ in self._blocks], max(n_k))
+        # A layer's input channels are the previous stage's width in the first
+        # layer of a stage and its own stage's width after it.
+        self._in_position = np.asarray([s if j == 0 else s + 1 for s, j in self._blocks], np.int32)
+        # Expanded and squeeze-excite channels of every layer for every (input
+        # width choice, expand choice), read off the supernet's own encoding of
+        # full-depth children whose choices are all the k-th (clipped).
+        mids = np.zeros((len(blocks), max_w, max_e), np.int32)
+        ses = np.zeros((len(blocks), max_w), np.int32)
+        for k in range(max_w):
+            for m in range(max_e):
+                arch = ArchConfig(
+                    resolution=self.resolutions[0],
+                    widths=tuple(c[min(k, len(c) - 1)] for c in widths),
+                    depths=tuple(s.max_depth for s in stages),
+                    kernels=tuple((s.max_kernel,) * s.max_depth for s in stages),
+                    expand_ratios=tuple(
+                        (s.expand_ratios[min(m, len(s.expand_ratios) - 1)],) * s.max_depth
+                        for s in stages
+                    ),
+                )
+                enc = net.encode_arch(arch)
+                for layer, pos in enumerate(self._in_position):
+                    kk = min(k, n_w[pos] - 1)
+                    mm = min(m, n_e[layer] - 1)
+                    mids[layer, kk, mm] = enc["mids"][layer]
+                    ses[layer, kk] = enc["ses"][layer]
+        self._mid_table, self._se_table = mids, ses
+        largest, smallest = space.largest(), space.smallest()
+        self._fixed = [largest, smallest]
+        fixed = [net.encode_arch(a) for a in self._fixed]
+        self._fixed_encoded = {k: np.stack([e[k] for e in fixed]) for k in fixed[0]}
+        self._fixed_encoded["res_index"] = np.asarray(
+            [self.resolutions.index(a.resolution) for a in self._fixed], np.int32
+        )
+        # Inactive layers carry the largest child's values (as `encode_arch` pads).
+        self._pad = {k: fixed[0][k] for k in ("kernels", "mids", "ses")}
+
+    @property
+    def num_children(self) -> int:
+        """Children per step: largest, smallest, and the random ones."""
+        return 2 + self.num_random
+
+    def choice_indices(self, seed: tf.Tensor | int, step: tf.Tensor | int) -> tf.Tensor:
+        """The random children's choice indices: [num_random, positions] int32.
+
+        Args:
+            seed: The run's seed.
+            step: The global step.
+
+        Returns:
+            Indices into the allowed values of each position (widths, depths,
+            kernels, expand ratios, resolution).
+        """
+        key = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+        raw = tf.random.stateless_uniform(
+            [self.num_random, len(self._num_choices)],
+            seed=key,
+            minval=None,
+            maxval=None,
+            dtype=tf.int64,
+            alg="philox",
+        )
+        return tf.cast(tf.math.floormod(raw, self._num_choices), tf.int32)
+
+    def encode(self, seed: tf.Tensor | int, step: tf.Tensor | int) -> dict[str, tf.Tensor]:
+        """The children of a step as stacked encodings (usable inside compiled code).
+
+        Args:
+            seed: The run's seed.
+            step: The global step.
+
+        Returns:
+            `Supernet.encode_arch` arrays with a leading [num_children] axis,
+            plus "res_index" ([num_children] int32).
+        """
+        fixed = {k: tf.constant(v) for k, v in self._fixed_encoded.items()}
+        if not self.num_random:
+            return fixed
+        n_w, n_d, n_k, n_e, _ = self._sizes
+        idx = self.choice_indices(seed, step)
+        w_idx, d_idx, k_idx, e_idx, r_idx = tf.split(idx, list(self._sizes), axis=1)
+        max_w, max_e = self._max_w, self._max_e
+        widths = tf.gather(self._width_table.reshape(-1), w_idx + np.arange(n_w) * max_w)
+        max_d = self._depth_table.shape[1]
+        depths = tf.gather(self._depth_table.reshape(-1), d_idx + np.arange(n_d) * max_d)
+        stage_of = np.asarray([s for s, _ in self._blocks], np.int32)
+        index_of = np.asarray([j for _, j in self._blocks], np.int32)
+        active = index_of < tf.gather(depths, stage_of, axis=1)
+        max_k = self._kernel_table.shape[1]
+        kernels = tf.gather(self._kernel_table.reshape(-1), k_idx + np.arange(n_k) * max_k)
+        w_in = tf.gather(w_idx, self._in_position, axis=1)
+        layer = np.arange(n_k)
+        mids = tf.gather(self._mid_table.reshape(-1), (layer * max_w + w_in) * max_e + e_idx)
+        ses = tf.gather(self._se_table.reshape(-1), layer * max_w + w_in)
+        rand = {
+            "widths": widths,
+            "depths": depths,
+            "kernels": tf.where(active, kernels, self._pad["kernels"]),
+            "mids": tf.where(active, mids, self._pad["mids"]),
+            "ses": tf.where(active, ses, self._pad["ses"]),
+            "res_index": r_idx[:, 0],
+        }
+        return {k: tf.concat([fixed[k], tf.cast(rand[k], tf.int32)], 0) for k in fixed}
+
+    def sample(self, seed: int, step: int) -> list[ArchConfig]:
+        """The children of a step as ArchConfigs (eagerly; the same draw as `encode`).
+
+        Args:
+            seed: The run's seed.
+            step: The global step.
+
+        Returns:
+            Largest, smallest, then the random children.
+        """
+        children = list(self._fixed)
+        if not self.num_random:
+            return children
+        idx = self.choice_indices(seed, step).numpy()
+        bounds = np.cumsum((0, *self._sizes))
+        stages = self.space.stages
+        for row in idx:
+            w, d, k, e, r = (row[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+            depths = tuple(s.depths[i] for s, i in zip(stages, d))
+            kernels, expands = [], []
+            for s, stage in enumerate(stages):
+                layers = [n for n, (bs, bj) in enumerate(self._blocks) if bs == s][: depths[s]]
+                kernels.append(tuple(stage.kernels[k[n]] for n in layers))
+                expands.append(tuple(stage.expand_ratios[e[n]] for n in layers))
+            children.append(
+                ArchConfig(
+                    resolution=self.resolutions[r[0]],
+                    widths=tuple(c[i] for c, i in zip(self._widths, w)),
+                    depths=depths,
+                    kernels=tuple(kernels),
+                    expand_ratios=tuple(expands),
+                )
+            )
+        return children
+
+
 def sample_children(net: Supernet, step: int, options: SandwichOptions) -> list[ArchConfig]:
     """The children of one step: largest, smallest, then N random ones.
+
+    The same children that `SandwichStep.run` draws in-graph for that step.
 
     Args:
         net: The supernet (its space).
@@ -74,11 +271,7 @@ def sample_children(net: Supernet, step: int, options: SandwichOptions) -> list[
     Returns:
         The list of ArchConfigs, largest first.
     """
-    space = net.space
-    rng = np.random.default_rng([options.seed, int(step)])
-    children = [space.largest(), space.smallest()]
-    children += [space.sample(rng) for _ in range(options.num_random)]
-    return children
+    return ChildSampler(net, options.num_random).sample(options.seed, step)
 
 
 def _is_decayed(variable: keras.Variable) -> bool:
@@ -86,17 +279,45 @@ def _is_decayed(variable: keras.Variable) -> bool:
     return name in ("kernel", "depthwise_kernel")
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopOutput:
+    """What `SandwichStep.run` returns (device tensors: reading them syncs the host).
+
+    Attributes:
+        losses: [num_children] global mean loss per child at the last step.
+        bad_step: The first step of the call with a non-finite loss, or -1.
+        bad_losses: The losses of that step (zeros if none).
+    """
+
+    losses: tf.Tensor
+    bad_step: tf.Tensor
+    bad_losses: tf.Tensor
+
+
 class SandwichStep:
     """Builds and runs the compiled sandwich step for a supernet and optimizer.
+
+    Two entry points share the per-step computation: `run(iterator, step, n)`
+    (the training loop: n steps in one compiled call, batches read from the
+    iterator and children sampled in-graph) and `__call__(batch, children,
+    step)` (one step on given children, for tests and benchmarks).
 
     Args:
         net: The supernet (created under `strategy.scope()` when distributed).
         optimizer: A Keras optimizer (created under the same scope).
         options: Sandwich options. They enter the compiled step as tensors, so
-            `step.options` may be replaced between steps without retracing.
+            `step.options` may be replaced between steps without retracing
+            (except `num_random`, which sets the number of children).
         global_batch_size: Global batch size (the loss divisor).
         strategy: The distribution strategy (default strategy if None).
-        jit_compile: Compile the step with XLA (needs the supernet in mask mode).
+        jit_compile: Compile the child pass with XLA (needs the supernet in mask mode).
+        unroll_children: Run the children as unrolled Python code, one copy of
+            the child pass per child, instead of one loop body (the structure
+            before the loop: a longer first call; kept for benchmarks). Always
+            on for synchronized BN across replicas.
+
+    Raises:
+        ValueError: If `jit_compile` is asked for a slice-mode supernet.
     """
 
     def __init__(
@@ -107,6 +328,7 @@ class SandwichStep:
         global_batch_size: int,
         strategy: tf.distribute.Strategy | None = None,
         jit_compile: bool = False,
+        unroll_children: bool = False,
     ) -> None:
         if jit_compile and net.mode != "mask":
             raise ValueError("jit_compile=True needs a supernet with mode='mask' (static shapes)")
@@ -116,13 +338,25 @@ class SandwichStep:
         self.global_batch_size = int(global_batch_size)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.resolutions = tuple(sorted(net.space.train_resolutions))
-        if self.strategy.num_replicas_in_sync > 1 and net.synchronized_bn and not jit_compile:
-            # A cross-replica reduction (synchronized BN) cannot run inside a
-            # nested tf.function under MirroredStrategy: inline the child pass.
+        self.sampler = ChildSampler(net, options.num_random)
+        # A cross-replica reduction (synchronized BN) cannot run inside a nested
+        # graph (a tf.function or a while loop) under MirroredStrategy: then
+        # the child pass is inlined and the children unrolled.
+        cross_replica = (
+            self.strategy.num_replicas_in_sync > 1 and net.synchronized_bn and not jit_compile
+        )
+        self.unrolled = cross_replica or unroll_children
+        if cross_replica:
             self._child_fn = self._child_pass
         else:
-            self._child_fn = tf.function(self._child_pass, jit_compile=jit_compile or None)
-        self._step_fn = tf.function(self._distributed_step)
+            self._child_fn = tf.function(
+                self._child_pass, jit_compile=jit_compile or None, autograph=False
+            )
+        # No AutoGraph: the step's control flow is explicit (tf.while_loop,
+        # tf.switch_case), and converting the supernet's code costs seconds of
+        # tracing for nothing.
+        self._step_fn = tf.function(self._distributed_step, autograph=False)
+        self._loop_fn = tf.function(self._distributed_loop, autograph=False)
         # Create the optimizer's slots now: variable creation inside the first
         # call would make tf.function trace the step twice.
         with self.strategy.scope():
@@ -130,8 +364,13 @@ class SandwichStep:
 
     @property
     def tracing_count(self) -> int:
-        """How many times the step function has been traced."""
+        """How many times the one-step function (`__call__`) has been traced."""
         return self._step_fn.experimental_get_tracing_count()
+
+    @property
+    def loop_tracing_count(self) -> int:
+        """How many times the K-step function (`run`) has been traced."""
+        return self._loop_fn.experimental_get_tracing_count()
 
     @property
     def child_tracing_count(self) -> int:
@@ -142,6 +381,10 @@ class SandwichStep:
             if hasattr(fn, "experimental_get_tracing_count")
             else 0
         )
+
+    def sample_children(self, step: int) -> list[ArchConfig]:
+        """The children that `run` draws at a step (largest, smallest, random...)."""
+        return self.sampler.sample(self.options.seed, step)
 
     def encode_children(self, children: Sequence[ArchConfig]) -> dict[str, np.ndarray]:
         """Stacks the children's encodings and their resolution indices.
@@ -166,7 +409,7 @@ class SandwichStep:
         children: Sequence[ArchConfig],
         step: int,
     ) -> dict[str, np.ndarray]:
-        """Runs one step.
+        """Runs one step on given children.
 
         Args:
             batch: A (distributed) batch {"images": {res: ...}, "label": ...}.
@@ -181,6 +424,36 @@ class SandwichStep:
             batch, archs, tf.constant(step, tf.int64), self._knobs(len(children))
         )
         return {"losses": losses.numpy()}
+
+    def run(self, iterator: object, step: int, num_steps: int = 1) -> LoopOutput:
+        """Runs `num_steps` steps in one compiled call (the on-device training loop).
+
+        Each step reads its batch from the iterator and draws its children
+        in-graph from (seed, step). The function is traced once whatever
+        `num_steps` is, and K calls of one step equal one call of K steps
+        (the same graph, the same ops, the same order).
+
+        Args:
+            iterator: An iterator over (distributed) batches, as from
+                `iter(strategy.distribute_datasets_from_function(...))`.
+            step: Global step of the first step (the optimizer's iteration count).
+            num_steps: Steps to run (>= 1).
+
+        Returns:
+            The LoopOutput (tensors; nothing is copied to the host here).
+
+        Raises:
+            ValueError: If num_steps < 1.
+        """
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        losses, bad_step, bad_losses = self._loop_fn(
+            iterator,
+            tf.constant(step, tf.int64),
+            tf.constant(num_steps, tf.int64),
+            self._knobs(self.sampler.num_children),
+        )
+        return LoopOutput(losses, bad_step, bad_losses)
 
     def _knobs(self, num_children: int) -> dict[str, np.ndarray]:
         """The options as tensors: changing `self.options` between steps never retraces."""
@@ -200,6 +473,33 @@ class SandwichStep:
         per_replica = self.strategy.run(self._replica_step, args=(batch, archs, step, knobs))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
+    def _distributed_loop(self, iterator, first_step, num_steps, knobs):
+        num_children = self.sampler.num_children
+
+        def sampled_step(batch, step):
+            archs = self.sampler.encode(knobs["seed"], step)
+            return self._replica_step(batch, archs, step, knobs)
+
+        def body(k, losses, bad_step, bad_losses):
+            step = first_step + k
+            per_replica = self.strategy.run(sampled_step, args=(next(iterator), step))
+            losses = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            first_bad = tf.logical_and(
+                bad_step < 0, tf.logical_not(tf.reduce_all(tf.math.is_finite(losses)))
+            )
+            bad_step = tf.where(first_bad, step, bad_step)
+            bad_losses = tf.where(first_bad, losses, bad_losses)
+            return k + 1, losses, bad_step, bad_losses
+
+        zeros = tf.zeros([num_children], tf.float32)
+        _, losses, bad_step, bad_losses = tf.while_loop(
+            lambda k, *_: k < num_steps,
+            body,
+            (tf.constant(0, tf.int64), zeros, tf.constant(-1, tf.int64), zeros),
+            parallel_iterations=1,
+        )
+        return losses, bad_step, bad_losses
+
     def _child_pass(self, x, arch, targets, seed, dropout):
         """Forward and backward of one child: (logits, loss, gradients)."""
         net = self.net
@@ -208,7 +508,10 @@ class SandwichStep:
             logits = net(x, arch=arch, training=True, dropout=dropout, dropout_seed=seed)
             per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
-        return logits, loss, tape.gradient(loss, variables)
+        grads = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        # Static shapes (a sliced weight's gradient is padded to an unknown shape):
+        # the gradients are the loop variables of the children's loop.
+        return logits, loss, [tf.reshape(g, v.shape) for g, v in zip(grads, variables)]
 
     def _replica_step(self, batch, archs, step, knobs):
         net = self.net
@@ -225,11 +528,11 @@ class SandwichStep:
         resolutions = self.resolutions
 
         def child(i, targets):
-            arch = {k: v[i] for k, v in archs.items() if k != "res_index"}
+            arch = {k: tf.gather(v, i) for k, v in archs.items() if k != "res_index"}
             salt = tf.cast(i * 1009 + replica, tf.int64)
             seed = tf.cast(tf.random.experimental.stateless_fold_in(base_seed, salt), tf.int32)
-            dropout = knobs["dropout"][i]
-            index = archs["res_index"][i]
+            dropout = tf.gather(knobs["dropout"], i)
+            index = tf.gather(archs["res_index"], i)
             if len(resolutions) == 1:
                 return self._child_fn(images[resolutions[0]], arch, targets, seed, dropout)
             if self.net.mode == "slice":
@@ -244,19 +547,43 @@ class SandwichStep:
             ]
             return tf.switch_case(index, branches)
 
-        # 1. The largest child, on the labels, at the largest resolution.
-        teacher_logits, loss, grads = child(0, smooth)
-        teacher = tf.stop_gradient(tf.nn.softmax(teacher_logits))
-        # Inplace distillation: the others learn from the teacher (or, ablated, the labels).
-        targets = knobs["distill"] * teacher + (1.0 - knobs["distill"]) * smooth
-        losses = [loss]
-        # 2. The smallest child (smallest resolution), then the random children.
-        for i in range(1, num_children):
-            _, loss_i, grads_i = child(i, targets)
-            losses.append(loss_i)
-            grads = [g + gi for g, gi in zip(grads, grads_i)]
+        def soft_labels(teacher_logits):
+            """The targets of the other children: the teacher's predictions (or the labels)."""
+            teacher = tf.stop_gradient(tf.nn.softmax(teacher_logits))
+            return knobs["distill"] * teacher + (1.0 - knobs["distill"]) * smooth
+
+        if self.unrolled:
+            # 1. The largest child on the labels; 2. the others on its soft labels.
+            teacher_logits, loss, grads = child(0, smooth)
+            targets = soft_labels(teacher_logits)
+            losses = [loss]
+            for i in range(1, num_children):
+                _, loss_i, grads_i = child(i, targets)
+                losses.append(loss_i)
+                grads = [g + gi for g, gi in zip(grads, grads_i)]
+            losses = tf.stack(losses)
+        else:
+            # One loop body for every child: child 0 (the largest) learns from
+            # the labels and its predictions become the targets of the rest.
+            def body(i, targets, losses, grads):
+                logits, loss, grads_i = child(i, targets)
+                targets = tf.where(i == 0, soft_labels(logits), targets)
+                losses = losses + tf.one_hot(i, num_children) * loss
+                return i + 1, targets, losses, [g + gi for g, gi in zip(grads, grads_i)]
+
+            _, _, losses, grads = tf.while_loop(
+                lambda i, *_: i < num_children,
+                body,
+                (
+                    tf.constant(0),
+                    smooth,
+                    tf.zeros([num_children]),
+                    [tf.zeros(v.shape, v.dtype) for v in variables],
+                ),
+                parallel_iterations=1,
+            )
         # 3. Weight decay once per step (the optimizer sums replicas: divide here).
         scale = knobs["weight_decay"] / self.strategy.num_replicas_in_sync
         grads = [g + scale * v if _is_decayed(v) else g for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
-        return tf.stack(losses)
+        return losses

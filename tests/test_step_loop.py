@@ -1,0 +1,197 @@
+"""The on-device training loop: in-graph child sampling, K steps per call, one child copy."""
+
+from __future__ import annotations
+
+import collections
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks.first_step import count_child_calls
+from tf_bignas.data import build_train_dataset
+from tf_bignas.model import Supernet
+from tf_bignas.space import get_space
+from tf_bignas.train.step import ChildSampler, SandwichOptions, SandwichStep, sample_children
+
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("bignas_tiny")
+
+
+@pytest.fixture(scope="module")
+def batches(space):
+    """Eight real batches (embedded MNIST digits at every training resolution)."""
+    ds = build_train_dataset(
+        "embedded", "train", space.train_resolutions, BATCH, augment="none", seed=3
+    )
+    return [b for b, _ in zip(ds, range(8))]
+
+
+def _dataset(batches):
+    stacked = tf.nest.map_structure(lambda *xs: tf.stack(xs), *batches)
+    return tf.data.Dataset.from_tensor_slices(stacked)
+
+
+def test_in_graph_draw_equals_the_decoded_children_and_covers_every_choice(space):
+    net = Supernet(space, num_classes=10)
+    sampler = ChildSampler(net, num_random=3)
+    seen = collections.defaultdict(set)
+    encode = tf.function(sampler.encode)  # compiled, as inside the training loop
+    for step in range(40):
+        children = sampler.sample(7, step)
+        encoded = encode(tf.constant(7, tf.int64), tf.constant(step, tf.int64))
+        assert children[:2] == [space.largest(), space.smallest()]
+        for i, arch in enumerate(children):
+            space.validate(arch)
+            for key, value in net.encode_arch(arch).items():
+                np.testing.assert_array_equal(encoded[key].numpy()[i], value, err_msg=key)
+            want = sorted(space.train_resolutions).index(arch.resolution)
+            assert encoded["res_index"].numpy()[i] == want
+        for arch in children[2:]:
+            seen["resolution"].add(arch.resolution)
+            seen["depths"].add(arch.depths)
+            for s, stage in enumerate(arch.kernels):
+                seen[f"kernels{s}"].update(stage)
+                seen[f"expands{s}"].update(arch.expand_ratios[s])
+            for p, w in enumerate(arch.widths):
+                seen[f"width{p}"].add(w)
+    assert seen["resolution"] == set(space.train_resolutions)
+    assert len(seen["depths"]) > 4
+    for s, stage in enumerate(space.stages):
+        assert seen[f"kernels{s}"] == set(stage.kernels)
+        assert seen[f"expands{s}"] == set(stage.expand_ratios)
+    for p, choices in enumerate(space.width_choices()):
+        assert seen[f"width{p}"] == set(choices)
+    # Keyed on (seed, step) only: the module function draws the same.
+    opts = SandwichOptions(num_random=3, seed=7)
+    assert sample_children(net, 5, opts) == sampler.sample(7, 5)
+    assert sampler.sample(7, 5) != sampler.sample(7, 6)
+    assert sampler.sample(7, 5) != sampler.sample(8, 5)
+
+
+def _train(space, batches, per_call, steps=8):
+    keras.utils.set_random_seed(0)
+    net = Supernet(space, num_classes=10, dropout_rate=0.5)
+    opt = keras.optimizers.RMSprop(1e-3, momentum=0.9)
+    step_fn = SandwichStep(net, opt, SandwichOptions(seed=4), BATCH)
+    iterator = iter(_dataset(batches))
+    losses = []
+    for start in range(0, steps, per_call):
+        out = step_fn.run(iterator, start, per_call)
+        losses.append(out.losses.numpy())
+        assert int(out.bad_step.numpy()) == -1
+    assert step_fn.loop_tracing_count == 1
+    assert int(opt.iterations.numpy()) == steps
+    return [v.numpy() for v in net.trainable_variables], losses
+
+
+def test_one_step_per_call_and_four_steps_per_call_train_the_same_weights(space, batches):
+    one, losses_one = _train(space, batches, 1)
+    four, losses_four = _train(space, batches, 4)
+    keras.utils.set_random_seed(0)  # the initial weights of both runs
+    start = [v.numpy() for v in Supernet(space, num_classes=10).trainable_variables]
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(start, one)) > 1e-3  # it trained
+    for a, b in zip(one, four):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(losses_one[3], losses_four[0])
+    np.testing.assert_array_equal(losses_one[7], losses_four[1])
+
+
+def test_run_equals_calls_on_the_children_it_draws(space, batches):
+    """`run` samples in-graph the children `sample_children` names, and trains as `__call__`."""
+    opts = SandwichOptions(seed=2)
+
+    def make():
+        keras.utils.set_random_seed(1)
+        net = Supernet(space, num_classes=10, dropout_rate=0.0)
+        return net, SandwichStep(net, keras.optimizers.SGD(0.05), opts, BATCH)
+
+    net_a, step_a = make()
+    out = step_a.run(iter(_dataset(batches[:3])), 0, 3)
+    net_b, step_b = make()
+    for s in range(3):
+        losses = step_b(batches[s], sample_children(net_b, s, opts), s)["losses"]
+    np.testing.assert_allclose(out.losses.numpy(), losses, rtol=1e-5)
+    for a, b in zip(net_a.trainable_variables, net_b.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_a_non_finite_loss_is_recorded_with_its_step(space, batches):
+    keras.utils.set_random_seed(0)
+    net = Supernet(space, num_classes=10)
+    step_fn = SandwichStep(net, keras.optimizers.SGD(1e30), SandwichOptions(), BATCH)
+    out = step_fn.run(iter(_dataset(batches)), 10, 6)
+    bad = int(out.bad_step.numpy())
+    assert 10 < bad < 16  # step 10 is finite (fresh weights); a later one is not
+    assert not np.all(np.isfinite(out.bad_losses.numpy()))
+
+
+@pytest.mark.parametrize(
+    ("mode", "loop_copies", "unrolled_copies"),
+    [("slice", 1, 4), ("mask", 2, 8)],  # mask: one branch per training resolution (2)
+)
+def test_the_step_holds_one_child_pass_per_resolution_branch(
+    space, mode, loop_copies, unrolled_copies
+):
+    """Copies of the child's forward+backward in the compiled training step."""
+    counts = {}
+    for unrolled in (False, True):
+        net = Supernet(space, num_classes=10, mode=mode)
+        step_fn = SandwichStep(
+            net,
+            keras.optimizers.SGD(0.1),
+            SandwichOptions(),
+            BATCH,
+            jit_compile=mode == "mask",
+            unroll_children=unrolled,
+        )
+        spec = {
+            "images": {
+                r: tf.TensorSpec([BATCH, r, r, 3], tf.float32) for r in space.train_resolutions
+            },
+            "label": tf.TensorSpec([BATCH], tf.int32),
+        }
+        iterator = iter(tf.data.Dataset.from_tensors(_zeros(spec)).repeat())
+        concrete = step_fn._loop_fn.get_concrete_function(
+            iterator, tf.constant(0, tf.int64), tf.constant(1, tf.int64), step_fn._knobs(4)
+        )
+        counts[unrolled] = count_child_calls(concrete.graph.as_graph_def())
+    assert counts == {False: loop_copies, True: unrolled_copies}
+
+
+def _zeros(spec):
+    return tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
+
+
+def test_fused_rmsprop_update_equals_keras_rmsprop():
+    """RMSpropTF's one-op update (TF1's ApplyRMSProp) computes Keras' RMSprop update."""
+    from tf_bignas.train.optimizers import RMSpropTF
+
+    rng = np.random.default_rng(0)
+    start = [
+        rng.normal(size=(3, 3, 4, 2)).astype(np.float32),
+        rng.normal(size=5).astype(np.float32),
+    ]
+    grads = [[rng.normal(size=v.shape).astype(np.float32) for v in start] for _ in range(4)]
+
+    def train(fused):
+        variables = [keras.Variable(v) for v in start]
+        opt = RMSpropTF(learning_rate=0.01, rho=0.9, momentum=0.9, epsilon=1e-3)
+        assert opt._fused_update()
+        if not fused:
+            opt._fused_update = lambda: False
+        opt.build(variables)
+        update = tf.function(lambda gs: opt.apply_gradients(zip(gs, variables)))
+        for g in grads:
+            update([tf.constant(x) for x in g])
+        return [v.numpy() for v in variables]
+
+    fused, plain = train(True), train(False)
+    for a, b, s in zip(fused, plain, start):
+        assert np.max(np.abs(a - s)) > 1e-2
+        np.testing.assert_allclose(a, b, atol=1e-6)
