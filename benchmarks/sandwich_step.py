@@ -131,6 +131,10 @@ def _breakdown_fns(
     }
 
 
+# Profiler events that span many ops (a function, the executor, the process).
+_CONTAINERS = ("Run", "RunGraph", "Process", "PartitionedCall", "StatefulPartitionedCall")
+
+
 def peak_bytes(fn: Callable[[], object]) -> int:
     """Peak bytes of TensorFlow's CPU allocator during `fn()`, above what was held before."""
     timed(fn)  # nothing left to build or trace
@@ -171,8 +175,8 @@ def top_ops(fn: Callable[[], object], steps: int = 3, top: int = 15) -> list[tup
                 name = names.get(event.metadata_id, "")
                 # TF op events are named "op_name:OpType"; skip the spans of whole
                 # functions and of the executor, which contain the ops.
-                kind = name.rsplit(":", 1)[1] if ":" in name else ""
-                if kind and not kind.startswith("__") and kind not in ("Run", "RunGraph"):
+                kind = name.rsplit(":", 1)[1].strip() if ":" in name else ""
+                if kind and not kind.startswith("__") and kind not in _CONTAINERS:
                     by_type[kind] += event.duration_ps / 1e9 / steps
     total = sum(by_type.values())
     return [*by_type.most_common(top), ("all ops", total)]
@@ -252,7 +256,8 @@ def main(argv: list[str]) -> None:
     )
     print(f"traces: step {step_fn.tracing_count}, child pass {step_fn.child_tracing_count}")
 
-    # Machine reference and memory, in this process.
+    # Machine reference and memory, in this process (matmul before and after the
+    # rounds would bracket them; here once, right after).
     reference = matmul_gmacs()
     print(
         f"matmul rate (2048x2048 float32, this process): {reference:.1f} GMAC/s; "

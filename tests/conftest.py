@@ -252,6 +252,8 @@ def quickstart_config(**overrides):
     config = module.get_config()
     for key, value in overrides.items():
         section, name = key.split("__")
+        if name not in getattr(config, section):  # a stale key would be silently added
+            raise KeyError(f"quickstart config has no {section}.{name}")
         setattr(getattr(config, section), name, value)
     return config
 

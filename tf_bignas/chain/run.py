@@ -153,6 +153,7 @@ def run_chain(
         options = export_lib.ExportOptions(
             quantizations=tuple(q for q in ch.quantize.split(",") if q),
             verify_examples=ch.verify_examples or None,
+            thresholds=export_lib.Thresholds(int8_min_agreement=ch.int8_min_agreement),
         )
         results = export_lib.export_children(wd, children, export_dir, options, log=log)
         written = sum(len(r.written) for r in results)

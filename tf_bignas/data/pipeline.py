@@ -242,8 +242,7 @@ def build_train_dataset(
         "uint8"; `{"patch": uint8 [B, base, base, 3], "label"}` for "patch").
 
     Raises:
-        ValueError: On a bad resolution, batch size, augment or cache option
-           .
+        ValueError: On a bad resolution, batch size, augment or cache option.
         sources.DataSourceError: On a bad source, split or minival size.
         FileNotFoundError: If a folder source or split folder is missing.
     """

@@ -125,6 +125,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.chain.search_log_every = 10
     c.chain.quantize = "fp32,int8"  # TFLite files per child (fp16 too if listed)
     c.chain.verify_examples = 0  # images verified per file; 0 = the whole eval split
+    c.chain.int8_min_agreement = 0.9  # int8 top-1 agreement with fp32 to be written
     c.chain.benchmark_threads = 1
     c.chain.benchmark_runs = 50
     return c
@@ -159,6 +160,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     steps = rt.steps_per_loop
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"runtime.steps_per_loop must be a positive int, got {steps!r}")
+    if steps > 1 and rt.strategy == "multi_worker":
+        # Measured: the collectives of synchronized BN inside the on-device loop
+        # were matched across different steps of the two workers (shape mismatch).
+        raise ValueError(
+            f"runtime.steps_per_loop={steps} is not supported with runtime.strategy="
+            "'multi_worker' (collective ops inside the on-device loop); use 1"
+        )
     if config.data.transport not in TRANSPORTS:
         raise ValueError(
             f"data.transport={config.data.transport!r} is unknown; allowed: {list(TRANSPORTS)}"

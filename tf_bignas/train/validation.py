@@ -218,7 +218,6 @@ def option_rules() -> dict[str, Rule]:
         "train.eval_every": _int(0, "steps; 0 = only at the end"),
         "train.calibration_images": _int(1),
         "train.calibration_batch_size": _int(1),
-        "train.calibration_batches": _int(1),
         "train.eval_batches": _int(0, "0 = the whole eval split"),
         "train.max_abs_weight": _float(0.0, low_open=True),
         "runtime.steps_per_loop": _int(1, "steps per compiled call"),
@@ -228,6 +227,7 @@ def option_rules() -> dict[str, Rule]:
         "chain.search_log_every": _int(1),
         "chain.quantize": text,
         "chain.verify_examples": _int(0, "0 = the whole eval split"),
+        "chain.int8_min_agreement": _float(0.0, 1.0),
         "chain.benchmark_threads": _int(1),
         "chain.benchmark_runs": _int(1),
         # runtime
