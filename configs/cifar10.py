@@ -23,6 +23,7 @@ def get_config():
     c.model.space = "bignas_cifar"
     c.data.source = "folder:/tmp/cifar10"
     c.data.eval_split = "test"
+    c.data.minival = 2000  # held out of training: the search's selection split
     c.data.augment = "none"
     c.data.crop_scale = (0.35, 1.0)
     c.schedule.warmup_epochs = 0.5

@@ -138,6 +138,40 @@ def test_bn_stats_store_round_trip_and_use(space, tmp_path):
         net.bn_stats.get(space.largest())
 
 
+def test_bn_bookkeeping_is_compiled_once_and_touches_only_the_child(space):
+    net = Supernet(space, num_classes=10)
+    layers = net.bn_layers()
+    small, large = space.smallest(16), space.largest(16)
+    rng = np.random.default_rng(0)
+    for arch in (large, small, large):
+        stats = {
+            name: (rng.normal(size=ch).astype(np.float32), rng.random(ch).astype(np.float32) + 1)
+            for name, ch in net.bn_channels(arch).items()
+        }
+        before = {n: (l.moving_mean.numpy(), l.moving_variance.numpy()) for n, l in layers.items()}
+        net.load_bn_stats(arch, stats)
+        for name, layer in layers.items():
+            mean, var = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+            if name not in stats:  # outside the child: untouched
+                np.testing.assert_array_equal(mean, before[name][0])
+                np.testing.assert_array_equal(var, before[name][1])
+                continue
+            ch = len(stats[name][0])
+            np.testing.assert_array_equal(mean[:ch], stats[name][0])
+            np.testing.assert_array_equal(var[:ch], stats[name][1])
+            assert not mean[ch:].any() and np.all(var[ch:] == 1.0)
+    assert len(net.bn_channels(small)) < len(net.bn_channels(large))  # both kinds were seen
+    net.reset_calibration()
+    net(_images(16), arch=small, bn_mode="calibrate")
+    net.reset_calibration()
+    assert all(not l.calib_count.numpy().any() for l in layers.values())
+    fns = net.__dict__["_compiled_fns"]
+    assert fns["load_bn_stats"].experimental_get_tracing_count() == 1
+    assert fns["reset_calibration"].experimental_get_tracing_count() == 1
+    with pytest.raises(KeyError, match="does not have"):
+        net.load_bn_stats(small, {"no_such_bn": (np.zeros(1), np.ones(1))})
+
+
 def test_bad_arch_input(space):
     net = Supernet(space, num_classes=10)
     with pytest.raises(InvalidArchError, match="images are 16x16 but the arch has resolution 32"):
