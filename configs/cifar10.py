@@ -28,7 +28,7 @@ def get_config():
     c.data.crop_scale = (0.35, 1.0)
     c.schedule.warmup_epochs = 0.5
     c.train.batch_size = 128
-    c.train.epochs = 8.0
+    c.train.epochs = 4.0
     c.train.log_every = 50
     c.train.checkpoint_every = 500
     c.train.eval_every = 1000

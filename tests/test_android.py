@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import struct
 import subprocess
 import sys
@@ -268,3 +269,25 @@ def test_program_runs_and_reports_errors_in_one_line(env):
                                        "connect one by USB with USB debugging on (Settings > "
                                        "Developer options), or 'adb connect HOST:PORT'")  # fmt: skip
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_real_adb_or_its_absence_is_reported(monkeypatch):
+    """The machine's own adb (or its absence), not the fake: never skipped.
+
+    Where adb is installed, a bogus serial must fail with NoDeviceError (none
+    attached, or not among those attached), through a private adb server; where
+    it is not, the real PATH lookup must say so and how to install it.
+    """
+    real = shutil.which("adb")
+    if real is None:
+        with pytest.raises(adb_lib.AdbNotFoundError, match="adb is not installed"):
+            adb_lib.Adb("no-such-serial")
+        return
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", "5049")  # a private server, not the user's
+    try:
+        with pytest.raises(
+            adb_lib.NoDeviceError, match="no Android device is attached|not attached"
+        ):
+            adb_lib.Adb("no-such-serial", executable=real)
+    finally:
+        subprocess.run([real, "kill-server"], capture_output=True, timeout=60)
