@@ -148,7 +148,7 @@ def test_bn_bookkeeping_is_compiled_once_and_touches_only_the_child(space):
             name: (rng.normal(size=ch).astype(np.float32), rng.random(ch).astype(np.float32) + 1)
             for name, ch in net.bn_channels(arch).items()
         }
-        before = {n: (l.moving_mean.numpy(), l.moving_variance.numpy()) for n, l in layers.items()}
+        before = {n: (b.moving_mean.numpy(), b.moving_variance.numpy()) for n, b in layers.items()}
         net.load_bn_stats(arch, stats)
         for name, layer in layers.items():
             mean, var = layer.moving_mean.numpy(), layer.moving_variance.numpy()
@@ -164,7 +164,7 @@ def test_bn_bookkeeping_is_compiled_once_and_touches_only_the_child(space):
     net.reset_calibration()
     net(_images(16), arch=small, bn_mode="calibrate")
     net.reset_calibration()
-    assert all(not l.calib_count.numpy().any() for l in layers.values())
+    assert all(not b.calib_count.numpy().any() for b in layers.values())
     fns = net.__dict__["_compiled_fns"]
     assert fns["load_bn_stats"].experimental_get_tracing_count() == 1
     assert fns["reset_calibration"].experimental_get_tracing_count() == 1

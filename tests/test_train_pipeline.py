@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_bignas.model import BNStatsStore
+from tf_bignas.model import BNStatsStore, Supernet
+from tf_bignas.train.workdir import open_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [
@@ -117,6 +119,10 @@ def test_a_finished_run_reports_calibrated_accuracies(tmp_path):
         "--config.train.eval_every=2",
         "--config.train.eval_batches=4",
         "--config.optimizer.ema=True",
+        # No warmup and the full LR at this batch: the raw weights move away from
+        # their average, so the EMA check below can tell them apart.
+        "--config.schedule.warmup_epochs=0",
+        "--config.optimizer.reference_batch=16",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 2 eval largest top1" in out.stdout and "step 4 eval" in out.stdout
@@ -133,6 +139,23 @@ def test_a_finished_run_reports_calibrated_accuracies(tmp_path):
     assert len(store) == 2
     assert (workdir / "supernet.weights.h5").exists()
     assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
+    # The last checkpoint, opened as an unfinished run, gives the EMA weights too.
+    partial = tmp_path / "partial"
+    shutil.copytree(workdir, partial)
+    os.remove(partial / "supernet.weights.h5")
+    final = open_workdir(str(workdir)).supernet.trainable_variables
+    restored = open_workdir(str(partial), allow_unfinished=True).supernet.trainable_variables
+    assert max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(final, restored)) < 1e-6
+    raw = Supernet.from_config(open_workdir(str(workdir)).supernet.get_config())
+    latest = tf.train.latest_checkpoint(str(partial / "checkpoints"))
+    tf.train.Checkpoint(model=raw).restore(latest).expect_partial()
+    assert (
+        max(
+            float(np.max(np.abs(a.numpy() - b.numpy())))
+            for a, b in zip(final, raw.trainable_variables)
+        )
+        > 1e-4
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ import json
 import os
 from typing import Any
 
+import keras
 import ml_collections
 import tensorflow as tf
 
@@ -206,13 +207,37 @@ def _digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _restore_checkpoint(net: Supernet, path: str, config: ml_collections.ConfigDict) -> None:
+    """Restores a training checkpoint's weights into `net`: the EMA ones if the run keeps them.
+
+    A finished run saves the EMA weights when `optimizer.ema` is on; a checkpoint
+    holds the raw weights and, in the optimizer, their averages. Those are what
+    an unfinished run would deliver, so they are the ones restored.
+    """
+    if not config.optimizer.get("ema", False):
+        tf.train.Checkpoint(model=net).restore(path).expect_partial()
+        return
+    from tf_bignas.train.optimizers import RMSpropTF  # noqa: PLC0415 - only for EMA runs
+
+    # As in training: a schedule (so no learning-rate variable shifts the slots).
+    constant = keras.optimizers.schedules.ExponentialDecay(0.0, decay_steps=1, decay_rate=1.0)
+    optimizer = RMSpropTF(
+        learning_rate=constant, use_ema=True, ema_momentum=config.optimizer.ema_decay
+    )
+    optimizer.build(net.trainable_variables)
+    status = tf.train.Checkpoint(model=net, optimizer=optimizer).restore(path)
+    status.expect_partial()
+    optimizer.finalize_variable_values(net.trainable_variables)
+
+
 def open_workdir(path: str, *, allow_unfinished: bool = False) -> Workdir:
     """Opens a trained workdir.
 
     Args:
         path: The workdir.
         allow_unfinished: Take the weights of the newest checkpoint when the run
-            has not finished (no `supernet.weights.h5`); else that is an error.
+            has not finished (no `supernet.weights.h5`): the EMA weights when the
+            run keeps them, as a finished run would save; else that is an error.
 
     Returns:
         The Workdir.
@@ -252,7 +277,7 @@ def open_workdir(path: str, *, allow_unfinished: bool = False) -> Workdir:
                 f"workdir {path!r} holds no finished training (no {WEIGHTS_FILE}); finish it "
                 f"with the same pipelines.train command (it resumes), then try again"
             )
-        tf.train.Checkpoint(model=net).restore(latest).expect_partial()
+        _restore_checkpoint(net, latest, config)
         weights, digest = latest, _digest(latest + ".index")
     stats_path = os.path.join(path, BN_STATS_FILE)
     if os.path.isfile(stats_path):
