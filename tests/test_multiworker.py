@@ -1,8 +1,9 @@
 """MultiWorkerMirroredStrategy across two processes on this machine (localhost only).
 
-Two worker processes (TF_CONFIG on loopback ports, one CPU thread each,
-synchronized BN) train the same weights as this process on one device with
-the whole global batches, and a run whose worker is killed reports it
+Two worker processes (TF_CONFIG on loopback ports, one CPU thread each) train
+the same weights as one process with the same two replicas (MirroredStrategy
+over two logical CPUs, the strategy that tests/test_distributed.py checks
+against one device), and a run whose worker is killed reports it
 clearly and resumes from the chief's last checkpoint when started again.
 """
 
@@ -26,27 +27,14 @@ GLOBAL_BATCH = 8
 STEPS = 3
 
 
-def micro_space():
-    """A one-stage space: the distribution machinery, not the network, is under test."""
-    from tf_bignas.space import SearchSpace, StageSpec
-
-    return SearchSpace(
-        name="micro",
-        stem_widths=(8,),
-        stages=(StageSpec((8, 16), (1, 2), (3, 5), (1.0, 2.0), stride=2),),
-        head_widths=(16, 32),
-        train_resolutions=(16,),
-        resolutions=(16,),
-        stem_stride=1,
-    )
-
-
 def fixed_batches() -> dict:
     """STEPS global batches of embedded digits, stacked: {"images": {res: ...}, "label": ...}."""
     from tf_bignas.data import build_train_dataset
+    from tf_bignas.space import get_space
 
+    space = get_space("bignas_tiny")
     ds = build_train_dataset(
-        "embedded", "train", micro_space().train_resolutions, GLOBAL_BATCH, augment="none", seed=1
+        "embedded", "train", space.train_resolutions, GLOBAL_BATCH, augment="none", seed=1
     )
     raw = [b for b, _ in zip(ds, range(STEPS))]
     return tf.nest.map_structure(lambda *xs: tf.stack(xs), *raw)
@@ -55,13 +43,13 @@ def fixed_batches() -> dict:
 def build(strategy: tf.distribute.Strategy):
     """The supernet and its sandwich step, the same in every process."""
     from tf_bignas.model import Supernet
+    from tf_bignas.space import get_space
     from tf_bignas.train.optimizers import RMSpropTF
     from tf_bignas.train.step import SandwichOptions, SandwichStep
 
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        # Synchronized BN and no dropout: the same function as one device.
-        net = Supernet(micro_space(), 10, synchronized_bn=True, dropout_rate=0.0)
+        net = Supernet(get_space("bignas_tiny"), 10)
         opt = RMSpropTF(learning_rate=0.01, rho=0.9, momentum=0.9, epsilon=1e-3)
         step = SandwichStep(net, opt, SandwichOptions(), GLOBAL_BATCH, strategy)
     return net, step
@@ -85,33 +73,34 @@ def _env(**extra: str) -> dict[str, str]:
 def test_two_workers_train_the_same_weights_as_one_process(tmp_path):
     ports = ",".join(map(str, _free_ports(2)))
     script = os.path.join(ROOT, "tests", "multiworker_check.py")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, script, str(i), ports, str(tmp_path / f"w{i}.npz")],
+    runs = {"w0": ["0", ports], "w1": ["1", ports], "one": ["mirrored", "-"]}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, script, *args, str(tmp_path / f"{name}.npz")],
             cwd=ROOT,
             env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip  (little output: TF_CPP_MIN_LOG_LEVEL=2)
-        for i in range(2)
-    ]
-    # Meanwhile, the same steps in this process on one device, whole global batches.
-    batches = fixed_batches()  # as the workers: before build() seeds the global generator
-    net, step = build(tf.distribute.get_strategy())
-    start = [v.numpy() for v in net.trainable_variables]
-    iterator = iter(tf.data.Dataset.from_tensor_slices(batches))
-    step.run(iterator, 0, STEPS)
-    one = [v.numpy() for v in net.trainable_variables]
-    for p in procs:
+        for name, args in runs.items()
+    }
+    for name, p in procs.items():
         out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-        assert json.loads(out.strip().splitlines()[-1])["replicas"] == 2
-    assert max(float(np.max(np.abs(a - b))) for a, b in zip(start, one)) > 1e-3
-    for i in range(2):
-        with np.load(tmp_path / f"w{i}.npz") as f:
-            two = [f[f"arr_{k}"] for k in range(len(one))]
-        assert max(float(np.max(np.abs(a - b))) for a, b in zip(one, two)) <= 1e-5
+        assert p.returncode == 0, f"{name}: {err[-3000:]}"
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["replicas"] == 2
+        assert not result["unrolled"]  # the children's loop, as on one device
+    weights = {}
+    for name in runs:
+        with np.load(tmp_path / f"{name}.npz") as f:
+            weights[name] = [f[k] for k in sorted(f.files, key=lambda k: int(k[4:]))]
+    net, _ = build(tf.distribute.get_strategy())  # the initial weights
+    start = [v.numpy() for v in net.trainable_variables]
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(start, weights["one"])) > 1e-3
+    for name in ("w0", "w1"):
+        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["one"], weights[name]))
+        assert diff <= 1e-5, name
 
 
 def _train_cmd(workdir, *extra):
