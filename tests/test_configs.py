@@ -89,6 +89,10 @@ def test_imagenet_config_follows_efficientnet_where_the_paper_is_silent():
         ({"data.transport": "bf16"}, r"data.transport='bf16' is unknown; allowed: \['float'"),
         ({"train.calibration_images": 0}, "train.calibration_images must be a positive int"),
         (
+            {"data.shared_patch": False, "data.transport": "patch"},
+            r"data.shared_patch=False \(a patch per resolution\) needs data.transport='uint8'",
+        ),
+        (
             {"runtime.strategy": "multi_worker", "runtime.steps_per_loop": 4},
             "steps_per_loop=4 is not supported with runtime.strategy='multi_worker'",
         ),

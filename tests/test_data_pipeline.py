@@ -75,6 +75,26 @@ def test_shared_patch_with_larger_base(embedded):
     assert np.abs(low - np.roll(resized, 1, axis=0)).mean() > 3 * np.abs(low - resized).mean()
 
 
+def test_a_patch_per_resolution_for_the_ablation(embedded):
+    kwargs = dict(seed=3, augment="none", crop_scale=(0.08, 0.3))  # small crops differ a lot
+    shared = next(iter(build_train_dataset(embedded, "train", (16, 32), 8, **kwargs)))
+    own = next(
+        iter(build_train_dataset(embedded, "train", (16, 32), 8, shared_patch=False, **kwargs))
+    )
+    np.testing.assert_array_equal(own["label"], shared["label"])  # the same examples, in order
+
+    def gap(batch) -> float:  # low resolution vs the high one resized: 0 for a shared patch
+        high = _pixels(batch["images"][32])
+        expected = tf.image.resize(high, [16, 16], "bicubic", antialias=True).numpy()
+        return float(np.abs(_pixels(batch["images"][16]) - np.clip(expected, 0, 255)).mean())
+
+    assert gap(shared) < 1.0 and gap(own) > 10 * max(gap(shared), 0.5)
+    # The first resolution's patch is the shared one; the second is new.
+    np.testing.assert_allclose(_pixels(own["images"][16]), _pixels(shared["images"][16]), atol=1e-3)
+    with pytest.raises(ValueError, match="shared_patch=False .* needs transport"):
+        build_train_dataset(embedded, "train", (16, 32), 8, shared_patch=False, transport="patch")
+
+
 def test_seeded_pipeline_is_deterministic(image_folder):
     def first_batches(seed: int) -> list[np.ndarray]:
         ds = build_train_dataset(image_folder.spec, "train", (16, 32), 5, seed=seed)

@@ -207,6 +207,7 @@ def build_train_dataset(
     drop_remainder: bool = True,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     transport: str = "float",
+    shared_patch: bool = True,
 ) -> tf.data.Dataset:
     """Builds the multi-resolution training pipeline (shared patch per example).
 
@@ -235,6 +236,9 @@ def build_train_dataset(
         transport: "float", "uint8" or "patch" (see the module docstring);
             `tf_bignas.data.device.network_images` turns any of them into the
             network's input.
+        shared_patch: One random crop per example, resized to every resolution
+            (the paper's). False, for ablation: an independent crop, flip and
+            augmentation per resolution (needs transport "float" or "uint8").
 
     Returns:
         A dataset of `{"images": {res: float32 [B, res, res, 3]}, "label": int32 [B]}`
@@ -248,6 +252,11 @@ def build_train_dataset(
     """
     if transport not in TRANSPORTS:
         raise ValueError(f"unknown transport {transport!r}; allowed: {list(TRANSPORTS)}")
+    if not shared_patch and transport == "patch":
+        raise ValueError(
+            "shared_patch=False (a patch per resolution) needs transport 'float' or 'uint8'; "
+            "transport 'patch' ships one shared patch"
+        )
     if isinstance(resolutions, int) or not resolutions:
         raise ValueError(f"resolutions must be a non-empty sequence of ints, got {resolutions!r}")
     res = tuple(sorted({_check_resolution(r, "resolution") for r in resolutions}))
@@ -293,14 +302,20 @@ def build_train_dataset(
 
     def make_patch(position: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
         element_seed = tf.random.experimental.stateless_fold_in(stream_seed, position)
-        return transforms.train_patch(
-            image,
-            element_seed,
-            base_resolution=base,
-            kind=kind,
-            augment=augment,
-            crop_scale=crop_scale,
-        )
+
+        def patch(seed: tf.Tensor) -> tf.Tensor:
+            return transforms.train_patch(
+                image, seed, base_resolution=base, kind=kind, augment=augment, crop_scale=crop_scale
+            )
+
+        if shared_patch:
+            return patch(element_seed)
+        # Ablation: [len(res), base, base, 3], the k-th patch for the k-th resolution;
+        # the first is the shared patch, the others come from seeds of their own.
+        seeds = [element_seed] + [
+            tf.random.experimental.stateless_fold_in(element_seed, k) for k in range(1, len(res))
+        ]
+        return tf.stack([patch(s) for s in seeds])
 
     if table is not None:
         # Shuffle indices, not images: a full-size buffer of int64s is cheap to
@@ -331,7 +346,12 @@ def build_train_dataset(
     def to_resolutions(patches: tf.Tensor, labels: tf.Tensor) -> dict[str, Any]:
         if transport == "patch":
             return {"patch": patches, "label": labels}
-        images = transforms.resize_patches(patches, res)
+        if shared_patch:
+            images = transforms.resize_patches(patches, res)
+        else:
+            images = {
+                r: transforms.resize_patches(patches[:, k], [r])[r] for k, r in enumerate(res)
+            }
         if transport == "uint8":
             return {"images": {r: tf.cast(x, tf.uint8) for r, x in images.items()}, "label": labels}
         return {

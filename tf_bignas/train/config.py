@@ -55,6 +55,9 @@ def default_config() -> ml_collections.ConfigDict:
     # bottleneck) or "float" (normalised float32 at every resolution). See
     # tf_bignas/data/device.py and benchmarks/README.md.
     c.data.transport = "uint8"
+    # The paper's "same random crop resized to every resolution". False (for
+    # ablation): an independent crop, flip and augmentation per resolution.
+    c.data.shared_patch = True
 
     c.sandwich = ml_collections.ConfigDict()
     c.sandwich.num_random = 2
@@ -166,6 +169,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"runtime.steps_per_loop={steps} is not supported with runtime.strategy="
             "'multi_worker' (collective ops inside the on-device loop); use 1"
+        )
+    if not config.data.get("shared_patch", True) and config.data.transport == "patch":
+        raise ValueError(
+            "data.shared_patch=False (a patch per resolution) needs data.transport='uint8' or "
+            "'float'; 'patch' ships one shared patch"
         )
     if config.data.transport not in TRANSPORTS:
         raise ValueError(

@@ -272,6 +272,7 @@ def _train_locked(
             minival=minival_size(config),
             strict=d.strict,
             transport=d.transport,  # the step finishes it (tf_bignas.data.device)
+            shared_patch=d.get("shared_patch", True),
         )
 
     iterator = iter(strategy.distribute_datasets_from_function(train_input))

@@ -183,6 +183,7 @@ def option_rules() -> dict[str, Rule]:
         "data.base_resolution": _int(0, "0 = the largest training resolution"),
         "data.crop_scale": Rule("pair"),  # checked in validate_options
         "data.strict": boolean,
+        "data.shared_patch": boolean,
         "data.transport": name,  # the choices: validate_config (tf_bignas.data.device)
         # sandwich
         "sandwich.num_random": _int(0),
