@@ -1,0 +1,1 @@
+"""The paper's claims re-tested at small scale (issue 14); see RESULTS.md."""
