@@ -18,9 +18,11 @@ the decay clock scaled by the run's length (the paper decays 0.97 every 2.4
 of 360 epochs and reaches its floor at about 66% of training; here every
 0.02 of 3 epochs, smooth, so the floor comes at the same fraction). What
 shrinks is the data (CIFAR-10, 48,000 training images, 2,000 held out as the
-search's minival), the resolutions (16 and 24, so one run takes about
-15 minutes on 2 CPU cores and the experiments afford seeds), the epochs and
-the batch (128, LR scaled linearly from 0.256 at 4096). Every experiment
+search's minival), the resolutions (16 and 24, so that the experiments
+afford seeds), the epochs and the batch (128, LR scaled linearly from 0.256
+at 4096). Expected time per run, not yet measured: about 20 minutes on 2
+idle CPU cores, scaled from the 45-minute `configs/cifar10.py` run (0.56x
+its MACs per image at these resolutions, 0.75x its steps). Every experiment
 uses this config; an ablation changes one switch.
 """
 
