@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 from absl import app, flags
 
@@ -52,15 +53,17 @@ _REPORT = flags.DEFINE_string(
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only collect what has finished.")
 
 # Variant -> overrides of the base config. "lr x0.3" is resolved against the base.
-VARIANTS: dict[str, dict[str, str]] = {
-    "full": {},
-    "he_init": {"model.zero_init_last_bn": "False"},
-    "he_init_lr30": {"model.zero_init_last_bn": "False", "optimizer.base_lr": "x0.3"},
-    "no_constant_ending": {"schedule.constant_ending": "False"},
-    "regularize_all": {"sandwich.regularize_all_children": "True"},
-    "hard_labels": {"sandwich.inplace_distillation": "False"},
-    "independent_patch": {"data.shared_patch": "False"},
-}
+VARIANTS = types.MappingProxyType(
+    {
+        "full": {},
+        "he_init": {"model.zero_init_last_bn": "False"},
+        "he_init_lr30": {"model.zero_init_last_bn": "False", "optimizer.base_lr": "x0.3"},
+        "no_constant_ending": {"schedule.constant_ending": "False"},
+        "regularize_all": {"sandwich.regularize_all_children": "True"},
+        "hard_labels": {"sandwich.inplace_distillation": "False"},
+        "independent_patch": {"data.shared_patch": "False"},
+    }
+)
 
 
 def _base_lr(config_path: str, overrides: list[str]) -> float:

@@ -21,6 +21,7 @@ and dequantising outputs as the file says.
 from __future__ import annotations
 
 import re
+import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -46,7 +47,7 @@ STATEFUL_OPS = frozenset(
     }
 )
 SIGNATURE_KEY = "serving_default"
-_IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}
+_IO_TYPES = types.MappingProxyType({"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32})
 
 
 def parse_quantizations(names: str | Sequence[str]) -> tuple[str, ...]:

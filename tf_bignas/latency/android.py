@@ -27,6 +27,7 @@ import json
 import os
 import re
 import struct
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -38,15 +39,19 @@ CARD_NAME = "model_card.json"
 DEFAULT_DEVICE_DIR = "/data/local/tmp/tf_bignas"
 BINARY_NAME = "benchmark_model"
 # ELF e_machine values of the Android ABIs, with the ELF class (bits).
-ABI_MACHINES = {
-    "arm64-v8a": (183, 64),  # EM_AARCH64
-    "armeabi-v7a": (40, 32),  # EM_ARM
-    "armeabi": (40, 32),
-    "x86_64": (62, 64),  # EM_X86_64
-    "x86": (3, 32),  # EM_386
-    "riscv64": (243, 64),  # EM_RISCV
-}
-MACHINE_NAMES = {183: "arm64 (AArch64)", 40: "32-bit ARM", 62: "x86-64", 3: "x86", 243: "RISC-V"}
+ABI_MACHINES = types.MappingProxyType(
+    {
+        "arm64-v8a": (183, 64),  # EM_AARCH64
+        "armeabi-v7a": (40, 32),  # EM_ARM
+        "armeabi": (40, 32),
+        "x86_64": (62, 64),  # EM_X86_64
+        "x86": (3, 32),  # EM_386
+        "riscv64": (243, 64),  # EM_RISCV
+    }
+)
+MACHINE_NAMES = types.MappingProxyType(
+    {183: "arm64 (AArch64)", 40: "32-bit ARM", 62: "x86-64", 3: "x86", 243: "RISC-V"}
+)
 CSV_FIELDS = (
     "model",
     "format",

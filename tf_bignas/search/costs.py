@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -31,7 +32,7 @@ MFLOPS = "mflops"
 PARAMS_M = "params_m"
 LATENCY_MS = "latency_ms"
 BUDGET_KINDS = (MFLOPS, PARAMS_M, LATENCY_MS)
-UNITS = {MFLOPS: "MFLOPs", PARAMS_M: "M params", LATENCY_MS: "ms"}
+UNITS = types.MappingProxyType({MFLOPS: "MFLOPs", PARAMS_M: "M params", LATENCY_MS: "ms"})
 
 
 class BudgetError(ValueError):

@@ -10,6 +10,7 @@ budget is a dashed vertical line. Matplotlib's Agg backend, no display needed.
 from __future__ import annotations
 
 import io
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,13 +22,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tf_bignas.common.files import atomic_write_bytes  # noqa: E402
 
 # stage -> (label, marker, colour)
-_STYLES = {
-    "coarse": ("coarse skeletons", "o", "tab:gray"),
-    "fine": ("fine mutations", "^", "tab:blue"),
-    "random": ("random search", "s", "tab:orange"),
-    "evolution": ("evolution", "D", "tab:green"),
-    "largest": ("largest child", "P", "tab:purple"),
-}
+_STYLES = types.MappingProxyType(
+    {
+        "coarse": ("coarse skeletons", "o", "tab:gray"),
+        "fine": ("fine mutations", "^", "tab:blue"),
+        "random": ("random search", "s", "tab:orange"),
+        "evolution": ("evolution", "D", "tab:green"),
+        "largest": ("largest child", "P", "tab:purple"),
+    }
+)
 
 
 def write_pareto_png(
