@@ -11,12 +11,12 @@ Space `bignas_cifar` (stride-1 stem, 4 stages) at training resolutions 24 and
 exponential decay with a constant ending, zero init, stage shortcuts) at a
 CPU-sized batch of 128 (the LR scaled linearly from 0.256 at 4096) for 4
 epochs (1,500 steps, about 88 images/s on 2 idle CPU cores). Measured
-2026-11-29 (seed 0, one run; no rerun yet, so no seed spread): 45 minutes
-in all, largest child 66.6% and smallest child 61.9% top-1 on the 10,000
-test images (BN calibrated on 2,048 random training images); at step 1,000,
-57.5% and 51.7%. The decay keeps the paper's clock (0.97 every 2.4 epochs),
-so in 4 epochs the LR falls only once: this is a short run of the recipe,
-not a converged one. The earlier figures (8 epochs, 55.6% / 60.5%) came from
+2026-11-29, seeds 0 / 1: 45 / 42 minutes in all; largest child 66.6% / 66.8%
+and smallest child 61.9% / 62.0% top-1 on the 10,000 test images (BN
+calibrated on 2,048 random training images; spread over the two seeds 0.1
+point each); at step 1,000, 57.5% / 59.2% and 51.7% / 54.0%. The decay
+keeps the paper's clock (0.97 every 2.4 epochs), so in 4 epochs the LR falls
+only once: this is a short run of the recipe, not a converged one. The earlier figures (8 epochs, 55.6% / 60.5%) came from
 code with the old initialisation and a calibration on class-ordered images.
 Point `--config.data.source=folder:PATH` elsewhere if the data is not in
 /tmp/cifar10.
