@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from experiments import ablations
+from experiments import ablation_lib as ablations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
