@@ -240,6 +240,16 @@ def sample_jpegs(request, image_folder: ImageFolder) -> list[bytes]:
     return [(image_folder.root / name).read_bytes() for name in names]
 
 
+def digit_batches(resolutions, batch_size: int, count: int, seed: int) -> list:
+    """`count` training batches of embedded digits at every resolution (no augmentation)."""
+    from tf_bignas.data import build_train_dataset
+
+    ds = build_train_dataset(
+        "embedded", "train", resolutions, batch_size, augment="none", seed=seed
+    )
+    return [b for b, _ in zip(ds, range(count))]
+
+
 def quickstart_config(**overrides):
     """configs/quickstart.py with `section.key=value` overrides (dotted keys as `a__b`)."""
     import importlib.util

@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from benchmarks.first_step import count_child_calls
-from tf_bignas.data import build_train_dataset
 from tf_bignas.model import Supernet
 from tf_bignas.space import get_space
 from tf_bignas.train.step import ChildSampler, SandwichOptions, SandwichStep, sample_children
@@ -26,10 +25,9 @@ def space():
 @pytest.fixture(scope="module")
 def batches(space):
     """Eight real batches (embedded MNIST digits at every training resolution)."""
-    ds = build_train_dataset(
-        "embedded", "train", space.train_resolutions, BATCH, augment="none", seed=3
-    )
-    return [b for b, _ in zip(ds, range(8))]
+    from conftest import digit_batches
+
+    return digit_batches(space.train_resolutions, BATCH, count=8, seed=3)
 
 
 def _dataset(batches):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_bignas.data import build_train_dataset
 from tf_bignas.model import Supernet
 from tf_bignas.space import get_space
 from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children
@@ -25,10 +24,9 @@ def space():
 @pytest.fixture(scope="module")
 def batches(space):
     """Real batches: embedded MNIST digits at every training resolution."""
-    ds = build_train_dataset(
-        "embedded", "train", space.train_resolutions, BATCH, augment="none", seed=0
-    )
-    return [b for b, _ in zip(ds, range(4))]
+    from conftest import digit_batches
+
+    return digit_batches(space.train_resolutions, BATCH, count=4, seed=0)
 
 
 def _make(space, options, optimizer=None, seed=0, **net_kwargs):
