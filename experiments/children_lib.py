@@ -57,6 +57,18 @@ RESULTS_FILE = "results.json"
 CURVE_FILE = "curve.json"
 MODEL_FILE = "model.keras"
 EVAL_BATCH = 500
+METHODS = ("coarse_to_fine", "random", "evolution")
+# The search every experiment runs on a miniature supernet (as on the CIFAR-10
+# supernet in benchmarks/README.md): 3 depths x 2 kernels coarse skeletons, 8
+# mutations per budget, children ranked on the 2,000-image minival.
+SEARCH_FLAGS = (
+    "--config.coarse.depth_settings=(0,0.5,1)",
+    "--config.coarse.kernel_settings=(0,1)",
+    "--config.fine.mutations=8",
+    "--config.calibration_images=1024",
+    "--config.calibration_batch_size=256",
+    "--config.selection_examples=2000",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,6 +435,11 @@ def sliced_top1(
     return out
 
 
+def search_time_path(supernet_workdir: str, method: str) -> str:
+    """Where `ensure_search` keeps a search's wall time (beside the workdir, not in it)."""
+    return f"{supernet_workdir.rstrip(os.sep)}.search_{method}.json"
+
+
 def ensure_search(
     supernet_workdir: str, budgets: str, method: str, extra_flags: list[str], log_path: str
 ) -> list[dict[str, Any]]:
@@ -458,12 +475,15 @@ def ensure_search(
             *extra_flags,
         ]
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        start = time.perf_counter()
         with open(log_path, "a", encoding="utf-8") as log:
             log.write("$ " + " ".join(cmd[1:]) + "\n")
             log.flush()
             done = subprocess.run(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"the search failed (exit {done.returncode}); see {log_path}")
+        timing = {"method": method, "budgets": budgets, "seconds": time.perf_counter() - start}
+        atomic_write_json(search_time_path(supernet_workdir, method), timing)
     return searched_children(supernet_workdir, method)
 
 
@@ -588,6 +608,87 @@ def table2_markdown(
         lines.append(
             f"| {r['name']} | `{r['arch'].to_paper_notation()}` | {r['macs'] / 1e6:.2f} "
             f"| {_pct(sliced)} | " + " | ".join(cells) + " |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def search_markdown(table: dict[str, dict[str, dict[str, dict[str, Any]]]], command: str) -> str:
+    """The search methods compared: per supernet, budget and method, the chosen child.
+
+    Args:
+        table: supernet -> method -> {"selection": selection_METHOD.json,
+            "seconds": the search's wall time or None}.
+        command: The command that produced it.
+
+    Returns:
+        The Markdown text: per supernet and budget, each method's selection and
+        test top-1 and MFLOPs; then the mean test top-1 per budget and method.
+    """
+    lines = [
+        "# Coarse-to-fine selection against random and evolutionary search",
+        "",
+        f"Produced by `{command}`. Every method evaluates about the same number of "
+        "children; each child is ranked on the minival split (held out of training), "
+        "and the test split is read for the chosen child only. Cells: minival top-1 / "
+        "test top-1 (%) (MFLOPs).",
+        "",
+        "| supernet | budget | " + " | ".join(METHODS) + " |",
+        "|---|---|" + "---|" * len(METHODS),
+    ]
+    means: dict[tuple[str, str], list[float]] = {}
+    for supernet, by_method in table.items():
+        budgets = sorted(
+            {
+                b["budget"]: b["limit"]
+                for m in by_method.values()
+                for b in m["selection"]["budgets"]
+            }.items(),
+            key=lambda kv: kv[1],
+        )
+        for budget, _ in budgets:
+            cells = []
+            for method in METHODS:
+                entry = next(
+                    (
+                        b
+                        for b in by_method.get(method, {}).get("selection", {}).get("budgets", [])
+                        if b["budget"] == budget
+                    ),
+                    None,
+                )
+                if entry is None or entry.get("test_top1") is None:
+                    cells.append("")
+                    continue
+                means.setdefault((budget, method), []).append(entry["test_top1"])
+                cells.append(
+                    f"{entry['metric'] * 100:.2f} / {entry['test_top1'] * 100:.2f} "
+                    f"({entry['macs'] / 1e6:.2f})"
+                )
+            lines.append(
+                f"| `{os.path.basename(supernet)}` | {budget} | " + " | ".join(cells) + " |"
+            )
+    budgets_sorted = sorted({b for b, _ in means}, key=lambda b: float(b.split(":")[1]))
+    head = " | ".join(f"mean test top-1 {b} %" for b in budgets_sorted)
+    lines += ["", f"| method | children evaluated | search wall time (s) | {head} |"]
+    lines.append("|---|---:|---:|" + "---:|" * len(budgets_sorted))
+    for method in METHODS:
+        counts = [
+            str(by_method[method]["selection"].get("num_evaluated", ""))
+            for by_method in table.values()
+            if method in by_method
+        ]
+        walls = [
+            f"{by_method[method]['seconds']:.0f}"
+            for by_method in table.values()
+            if by_method.get(method, {}).get("seconds") is not None
+        ]
+        cells = []
+        for budget in budgets_sorted:
+            values = means.get((budget, method), [])
+            cells.append(f"{np.mean(values) * 100:.2f}" if values else "")
+        lines.append(
+            f"| {method} | {', '.join(counts)} | {', '.join(walls)} | " + " | ".join(cells) + " |"
         )
     lines.append("")
     return "\n".join(lines)

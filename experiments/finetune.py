@@ -34,7 +34,9 @@ _FRACTIONS = flags.DEFINE_list(
 )
 _EPOCHS = flags.DEFINE_float("epochs", 1.0, "Finetuning epochs.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the finetuning data order.")
-_SEARCH_FLAGS = flags.DEFINE_multi_string("search_flag", [], "More pipelines.search flags.")
+_SEARCH_FLAGS = flags.DEFINE_multi_string(
+    "search_flag", list(cl.SEARCH_FLAGS), "pipelines.search flags (if it runs here)."
+)
 _EVALS = flags.DEFINE_integer("evals", 2, "Test evaluations over each finetuning run.")
 _REPORT = flags.DEFINE_string(
     "report", os.path.join(ROOT, "experiments", "table2.md"), "Markdown report to write."

@@ -35,9 +35,13 @@ _SUPERNET = flags.DEFINE_string("supernet", None, "The trained supernet's workdi
 _ROOT = flags.DEFINE_string("root", None, "Folder of the runs.")
 _BUDGETS = flags.DEFINE_string("budgets", "mflops:3,6,12", "Three budgets: small, medium, large.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the children trained alone.")
-_SEARCH_FLAGS = flags.DEFINE_multi_string("search_flag", [], "More pipelines.search flags.")
+_SEARCH_FLAGS = flags.DEFINE_multi_string(
+    "search_flag", list(cl.SEARCH_FLAGS), "pipelines.search flags (if it runs here)."
+)
 _EVALS = flags.DEFINE_integer("evals", 4, "Test evaluations over each training run.")
-_EPOCHS = flags.DEFINE_float("epochs", 0.0, "Epochs of each model trained alone; 0: the supernet's.")
+_EPOCHS = flags.DEFINE_float(
+    "epochs", 0.0, "Epochs of each model trained alone; 0: the supernet's."
+)
 _REPORT = flags.DEFINE_string(
     "report", os.path.join(ROOT, "experiments", "table3.md"), "Markdown report to write."
 )
@@ -84,9 +88,7 @@ def main(argv: list[str]) -> None:
     cl.plot_family(
         os.path.splitext(_REPORT.value)[0] + ".png",
         {
-            label: [
-                (r["macs"] / 1e6, r[key]["test_top1"] * 100) for r in rows[1:] if key in r
-            ]
+            label: [(r["macs"] / 1e6, r[key]["test_top1"] * 100) for r in rows[1:] if key in r]
             for label, key in (
                 ("sliced (no finetuning)", "sliced"),
                 ("alone, labels", "scratch"),

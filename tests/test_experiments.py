@@ -107,14 +107,21 @@ def test_table3_trains_the_searched_children_alone_and_reports(searched_copy, tm
     assert [c["budget"] for c in children] == ["mflops:0.3", "mflops:0.6", "mflops:1"]
     assert all(c["macs"] / 1e6 <= float(c["budget"][7:]) for c in children)
     rows = [line for line in report.read_text().splitlines() if line.startswith("| ")][1:]
-    assert [r.split("|")[1].strip() for r in rows] == ["largest (teacher)", "small", "medium", "large"]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "largest (teacher)",
+        "small",
+        "medium",
+        "large",
+    ]
     teacher = json.loads((root / "teacher_s0" / "results.json").read_text())
     assert teacher["total_steps"] == 48 and teacher["targets"] == "labels"  # the run's 0.2 epochs
     assert [p[0] for p in teacher["curve"]] == [0, 24, 48]
     for name in cl.CHILD_NAMES:
         distill = json.loads((root / f"distill_{name}_s0" / "results.json").read_text())
         assert distill["teacher"] == str(root / "teacher_s0" / "model.keras")
-        arch = next(c["arch"] for c in children if c["budget"] in rows[1 + cl.CHILD_NAMES.index(name)])
+        arch = next(
+            c["arch"] for c in children if c["budget"] in rows[1 + cl.CHILD_NAMES.index(name)]
+        )
         assert distill["arch"] == arch.to_paper_notation()
     # The saved teacher is the model that was scored: same top-1 when loaded back.
     import keras
@@ -142,7 +149,11 @@ def test_table2_finetunes_from_the_sliced_weights(searched_copy, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for name in cl.CHILD_NAMES:
         run = json.loads((root / f"finetune_{name}_lr0.05_s0" / "results.json").read_text())
-        sliced = json.loads(next(root.glob(f"sliced_{run['arch'].replace(' ', '_').replace(':', '-')}.json")).read_text())
+        sliced = json.loads(
+            next(
+                root.glob(f"sliced_{run['arch'].replace(' ', '_').replace(':', '-')}.json")
+            ).read_text()
+        )
         # Finetuning starts from the sliced child itself: weights and calibrated BN statistics.
         assert run["top1_before"] == sliced["test_top1"]
         assert run["total_steps"] == 24 and run["lr_fraction"] == 0.05
@@ -174,5 +185,31 @@ def test_a_child_trained_alone_learns_and_resumes_where_it_stopped(tmp_path):
     assert whole["curve"] == straight["curve"]
     with pytest.raises(ValueError, match="targets='teacher' needs teacher_path"):
         cl.ChildRun("x", arch, "scratch", targets="teacher")
-    with pytest.raises(ValueError, match=r"init='bogus' is unknown; allowed: \['scratch', 'sliced'\]"):
+    with pytest.raises(
+        ValueError, match=r"init='bogus' is unknown; allowed: \['scratch', 'sliced'\]"
+    ):
         cl.ChildRun("x", arch, "bogus")
+
+
+def test_search_methods_compares_the_three_at_the_same_budgets(searched_copy, tmp_path):
+    from experiments import children_lib as cl
+
+    report = tmp_path / "search.md"
+    args = [f"--supernets={searched_copy}", "--budgets=mflops:0.3,1", f"--report={report}"]
+    done = _program("experiments.search_methods", *args, *SMALL_SEARCH)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = report.read_text()
+    rows = {}
+    for method in cl.METHODS:
+        selection = cl.read_json(f"{searched_copy}/search/selection_{method}.json")
+        assert selection["method"] == method
+        assert [b["budget"] for b in selection["budgets"]] == ["mflops:0.3", "mflops:1"]
+        timing = cl.read_json(cl.search_time_path(searched_copy, method))
+        assert timing["seconds"] > 0
+        rows[method] = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+        # The mean row quotes each budget's chosen child's test top-1 (one supernet: itself).
+        cells = [c.strip() for c in rows[method].strip("|").split("|")]
+        assert cells[1] == str(selection["num_evaluated"])
+        assert [float(c) for c in cells[3:]] == [
+            pytest.approx(b["test_top1"] * 100, abs=0.006) for b in selection["budgets"]
+        ]
