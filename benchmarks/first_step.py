@@ -50,6 +50,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 1, "Fresh processes per variant.")
 _TRACE_ONLY = flags.DEFINE_bool(
     "trace_only", False, "Only trace: count the copies and nodes, run nothing."
 )
+_STEPS = flags.DEFINE_integer("steps", 5, "Later steps timed (median).")
 _CHILD = flags.DEFINE_string("child", "", "Internal: measure this variant in this process.")
 
 
@@ -133,9 +134,14 @@ def _measure(variant: str) -> dict[str, float]:
     step.run(iterator, 0, 1).losses.numpy()
     w2, c2 = clocks()
     out["first_call_s"], out["first_call_cpu_s"] = w2 - w1, c2 - c1
-    step.run(iterator, 1, 1).losses.numpy()
-    w3, c3 = clocks()
-    out["step_s"], out["step_cpu_s"] = w3 - w2, c3 - c2
+    walls, cpus = [], []
+    for i in range(_STEPS.value):
+        w2, c2 = clocks()
+        step.run(iterator, 1 + i, 1).losses.numpy()
+        w3, c3 = clocks()
+        walls.append(w3 - w2)
+        cpus.append(c3 - c2)
+    out["step_s"], out["step_cpu_s"] = float(np.median(walls)), float(np.median(cpus))
     out["traces"] = step.loop_tracing_count
     return out
 
