@@ -55,6 +55,13 @@ def main(argv: list[str]) -> None:
             }
     command = "python -m experiments.search_methods " + " ".join(sys.argv[1:])
     text = cl.search_markdown(table, command)
+    # Each supernet's family (every evaluated child: top-1 against MFLOPs), beside the report.
+    stem = os.path.splitext(_REPORT.value)[0]
+    for supernet in table:
+        plot = f"{stem}_{os.path.basename(supernet.rstrip(os.sep))}_pareto.png"
+        with open(os.path.join(supernet, "search", "pareto.png"), "rb") as f:
+            atomic_write_bytes(plot, f.read())
+        text += f"\nFamily of `{supernet}`: [{os.path.basename(plot)}]({os.path.basename(plot)})\n"
     atomic_write_bytes(_REPORT.value, text.encode())
     print(text)
 

@@ -199,6 +199,8 @@ def test_search_methods_compares_the_three_at_the_same_budgets(searched_copy, tm
     done = _program("experiments.search_methods", *args, *SMALL_SEARCH)
     assert done.returncode == 0, done.stderr[-3000:]
     text = report.read_text()
+    assert (tmp_path / "search_supernet_pareto.png").stat().st_size > 10_000
+    assert "[search_supernet_pareto.png](search_supernet_pareto.png)" in text
     rows = {}
     for method in cl.METHODS:
         selection = cl.read_json(f"{searched_copy}/search/selection_{method}.json")
