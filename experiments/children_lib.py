@@ -560,7 +560,7 @@ def table3_markdown(rows: list[dict[str, Any]], supernet: str, command: str, epo
         minutes = " / ".join(
             f"{r[k]['seconds'] / 60:.1f}" for k in ("scratch", "distill") if k in r
         )
-        macs = "" if r["macs"] is None else f"{r['macs'] / 1e6:.2f}"
+        macs = "" if r.get("macs") is None else f"{r['macs'] / 1e6:.2f}"
         lines.append(
             f"| {r['name']} | {r['budget']} | `{r['arch'].to_paper_notation()}` | {macs} "
             f"| {_pct(sliced)} | {_pct(scratch)} | {_delta(scratch, sliced)} "

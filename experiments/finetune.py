@@ -10,7 +10,8 @@ labels at each constant LR of `--lr_fractions` (fractions of the supernet
 run's peak LR; its schedule ended at 0.05), as plain Keras models with the
 supernet run's data, batch and optimizer (`experiments/children_lib.py`).
 Reports the test top-1 before and after. Runs resume and finished ones are
-skipped; writes `--report` (Markdown).
+skipped (`--report_only`: report them, train nothing); writes `--report`
+(Markdown).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ _SEARCH_FLAGS = flags.DEFINE_multi_string(
     "search_flag", list(cl.SEARCH_FLAGS), "pipelines.search flags (if it runs here)."
 )
 _EVALS = flags.DEFINE_integer("evals", 2, "Test evaluations over each finetuning run.")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Report the finished runs; train nothing (sliced children are scored)."
+)
 _REPORT = flags.DEFINE_string(
     "report", os.path.join(ROOT, "experiments", "table2.md"), "Markdown report to write."
 )
@@ -67,9 +71,14 @@ def main(argv: list[str]) -> None:
                 seed=_SEED.value,
             )
             folder = os.path.join(root, f"{run.name}_s{_SEED.value}")
-            row["finetune"][fraction] = cl.train_child(
-                config, run, folder, supernet_workdir=supernet, evals=_EVALS.value
-            )
+            if _REPORT_ONLY.value:
+                done = cl.read_json(os.path.join(folder, cl.RESULTS_FILE))
+            else:
+                done = cl.train_child(
+                    config, run, folder, supernet_workdir=supernet, evals=_EVALS.value
+                )
+            if done is not None:
+                row["finetune"][fraction] = done
         rows.append(row)
     command = "python -m experiments.finetune " + " ".join(sys.argv[1:])
     text = cl.table2_markdown(rows, fractions, supernet, command, _EPOCHS.value)

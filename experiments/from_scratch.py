@@ -14,7 +14,8 @@
    Keras models (`experiments/children_lib.py`).
 
 Runs resume (each in `ROOT/NAME_sSEED`, checkpointed) and finished ones are
-skipped. Writes `--report` (Markdown) and the family plot beside it (.png).
+skipped; `--report_only` reports the finished ones and trains nothing. Writes
+`--report` (Markdown) and the family plot beside it (.png).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _EVALS = flags.DEFINE_integer("evals", 4, "Test evaluations over each training r
 _EPOCHS = flags.DEFINE_float(
     "epochs", 0.0, "Epochs of each model trained alone; 0: the supernet's."
 )
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Report the finished runs; train nothing (sliced children are scored)."
+)
 _REPORT = flags.DEFINE_string(
     "report", os.path.join(ROOT, "experiments", "table3.md"), "Markdown report to write."
 )
@@ -62,9 +66,16 @@ def main(argv: list[str]) -> None:
         "teacher", build_space(config).largest(), "scratch", epochs=epochs, seed=seed
     )
     teacher_dir = os.path.join(root, f"teacher_s{seed}")
+
+    def run_or_read(run: cl.ChildRun, folder: str) -> dict | None:
+        if _REPORT_ONLY.value:
+            return cl.read_json(os.path.join(folder, cl.RESULTS_FILE))
+        return cl.train_child(config, run, folder, evals=_EVALS.value)
+
     rows = [dict(name="largest (teacher)", budget="-", arch=teacher.arch, macs=None)]
-    rows[0]["scratch"] = cl.train_child(config, teacher, teacher_dir, evals=_EVALS.value)
+    rows[0]["scratch"] = run_or_read(teacher, teacher_dir)
     rows[0]["sliced"] = cl.sliced_top1(supernet, teacher.arch, root)
+    rows[0] = {k: v for k, v in rows[0].items() if v is not None}
     teacher_path = os.path.join(teacher_dir, cl.MODEL_FILE)
     for name, child in zip(cl.CHILD_NAMES, children):
         row = dict(name=name, budget=child["budget"], arch=child["arch"], macs=child["macs"])
@@ -80,8 +91,8 @@ def main(argv: list[str]) -> None:
                 teacher_path=teacher_path if targets == "teacher" else None,
             )
             folder = os.path.join(root, f"{kind}_{name}_s{seed}")
-            row[kind] = cl.train_child(config, run, folder, evals=_EVALS.value)
-        rows.append(row)
+            row[kind] = run_or_read(run, folder)
+        rows.append({k: v for k, v in row.items() if v is not None})
     command = "python -m experiments.from_scratch " + " ".join(sys.argv[1:])
     text = cl.table3_markdown(rows, supernet, command, epochs)
     atomic_write_bytes(_REPORT.value, text.encode())
