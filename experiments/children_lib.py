@@ -45,9 +45,15 @@ from tf_bignas.export.export_lib import calibrate_child
 from tf_bignas.export.models import write_keras
 from tf_bignas.model.slicing import UncalibratedChildError, extract_child
 from tf_bignas.space import ArchConfig
-from tf_bignas.train.config import build_schedule, build_space, build_supernet, minival_size
-from tf_bignas.train.optimizers import RMSpropTF
+from tf_bignas.train.config import (
+    build_optimizer,
+    build_schedule,
+    build_space,
+    build_supernet,
+    minival_size,
+)
 from tf_bignas.train.schedules import scaled_learning_rate
+from tf_bignas.train.step import is_decayed
 from tf_bignas.train.workdir import Workdir, open_workdir
 
 INITS = ("scratch", "sliced")
@@ -217,10 +223,6 @@ def _fresh_child(config: ml_collections.ConfigDict, arch: ArchConfig, num_classe
     return extract_child(net, arch, allow_uncalibrated=True)
 
 
-def _is_decayed(variable: keras.Variable) -> bool:
-    return variable.path.rsplit("/", 1)[-1] in ("kernel", "depthwise_kernel")
-
-
 def train_child(
     config: ml_collections.ConfigDict,
     run: ChildRun,
@@ -289,13 +291,7 @@ def train_child(
         learning_rate = keras.optimizers.schedules.ExponentialDecay(
             peak * run.lr_fraction, decay_steps=1, decay_rate=1.0
         )
-    optimizer = RMSpropTF(
-        initial_accumulator=o.initial_accumulator,
-        learning_rate=learning_rate,
-        rho=o.rho,
-        momentum=o.momentum,
-        epsilon=o.epsilon,
-    )
+    optimizer = build_optimizer(config, learning_rate, use_ema=False)
     dataset = data_lib.build_train_dataset(
         d.source,
         d.train_split,
@@ -337,7 +333,7 @@ def train_child(
     weight_decay = float(config.sandwich.weight_decay)
     num_classes = info.num_classes
     variables = model.trainable_variables
-    decayed = [_is_decayed(v) for v in variables]
+    decayed = [is_decayed(v) for v in variables]
 
     @tf.function
     def train_step(batch_data: dict[str, Any]) -> tf.Tensor:

@@ -7,6 +7,8 @@ misspelt `--config.path=value` override is an error, never ignored.
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from tf_bignas.data.device import TRANSPORTS
@@ -14,6 +16,7 @@ from tf_bignas.model import Supernet
 from tf_bignas.space import SearchSpace, get_space
 from tf_bignas.train.calibration import DEFAULT_CALIBRATION_BATCH_SIZE, DEFAULT_CALIBRATION_IMAGES
 from tf_bignas.train.distribute import STRATEGIES
+from tf_bignas.train.optimizers import RMSpropTF
 from tf_bignas.train.schedules import DECAY_FROM, KINDS, BigNASSchedule, scaled_learning_rate
 
 
@@ -217,6 +220,32 @@ def build_schedule(
         constant_ending=s.constant_ending,
         staircase=s.staircase,
         decay_from=s.decay_from,
+    )
+
+
+def build_optimizer(
+    config: ml_collections.ConfigDict, learning_rate: Any, *, use_ema: bool | None = None
+) -> RMSpropTF:
+    """The config's RMSProp (TF1 flavour) at a learning rate or schedule.
+
+    Args:
+        config: The resolved config (section optimizer).
+        learning_rate: A float or a `LearningRateSchedule`.
+        use_ema: Keep an exponential moving average of the weights; None:
+            `optimizer.ema` of the config.
+
+    Returns:
+        The optimizer.
+    """
+    o = config.optimizer
+    return RMSpropTF(
+        initial_accumulator=o.initial_accumulator,
+        learning_rate=learning_rate,
+        rho=o.rho,
+        momentum=o.momentum,
+        epsilon=o.epsilon,
+        use_ema=o.ema if use_ema is None else use_ema,
+        ema_momentum=o.ema_decay,
     )
 
 

@@ -46,6 +46,7 @@ from tf_bignas.train import integrity
 from tf_bignas.train import workdir as wd
 from tf_bignas.train.calibration import Accuracy, ChildEvaluator
 from tf_bignas.train.config import (
+    build_optimizer,
     build_schedule,
     build_space,
     build_supernet,
@@ -59,7 +60,7 @@ from tf_bignas.train.distribute import (
     build_strategy,
     worker_role,
 )
-from tf_bignas.train.optimizers import RMSpropTF, ema_weights
+from tf_bignas.train.optimizers import ema_weights
 from tf_bignas.train.step import SandwichOptions, SandwichStep
 from tf_bignas.train.validation import (
     validate_dataset,
@@ -241,15 +242,7 @@ def _train_locked(
     with strategy.scope():
         net = build_supernet(config, space, info.num_classes)
         schedule = build_schedule(config, steps_per_epoch, total_steps)
-        optimizer = RMSpropTF(
-            initial_accumulator=o.initial_accumulator,
-            learning_rate=schedule,
-            rho=o.rho,
-            momentum=o.momentum,
-            epsilon=o.epsilon,
-            use_ema=o.ema,
-            ema_momentum=o.ema_decay,
-        )
+        optimizer = build_optimizer(config, schedule)
         step_fn = SandwichStep(net, optimizer, options, batch, strategy, jit_compile=rt.jit_compile)
         sampler_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
 

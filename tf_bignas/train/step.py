@@ -274,7 +274,8 @@ def sample_children(net: Supernet, step: int, options: SandwichOptions) -> list[
     return ChildSampler(net, options.num_random).sample(options.seed, step)
 
 
-def _is_decayed(variable: keras.Variable) -> bool:
+def is_decayed(variable: keras.Variable) -> bool:
+    """Whether weight decay applies to a variable (conv, depthwise and dense kernels)."""
     name = variable.path.rsplit("/", 1)[-1]
     return name in ("kernel", "depthwise_kernel")
 
@@ -584,6 +585,6 @@ class SandwichStep:
             )
         # 3. Weight decay once per step (the optimizer sums replicas: divide here).
         scale = knobs["weight_decay"] / self.strategy.num_replicas_in_sync
-        grads = [g + scale * v if _is_decayed(v) else g for g, v in zip(grads, variables)]
+        grads = [g + scale * v if is_decayed(v) else g for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
         return losses
