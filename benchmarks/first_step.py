@@ -51,6 +51,12 @@ _TRACE_ONLY = flags.DEFINE_bool(
     "trace_only", False, "Only trace: count the copies and nodes, run nothing."
 )
 _STEPS = flags.DEFINE_integer("steps", 5, "Later steps timed (median).")
+_LEAN = flags.DEFINE_bool(
+    "lean_grappler",
+    True,
+    "Skip the Grappler passes that change nothing on a CPU host, as training does "
+    "(runtime.lean_grappler).",
+)
 _CHILD = flags.DEFINE_string("child", "", "Internal: measure this variant in this process.")
 
 
@@ -87,10 +93,12 @@ def _measure(variant: str) -> dict[str, float]:
     from tf_bignas.model import Supernet
     from tf_bignas.space import get_space
     from tf_bignas.train.optimizers import RMSpropTF
-    from tf_bignas.train.step import SandwichOptions, SandwichStep
+    from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
 
     tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
     tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
+    if _LEAN.value:
+        skip_idle_graph_passes()
     space = get_space(_SPACE.value)
     if _RESOLUTION.value:
         space = space.with_resolutions([_RESOLUTION.value])
@@ -154,7 +162,8 @@ def main(argv: list[str]) -> None:
     flags_out = [a for a in sys.argv[1:] if not a.startswith(("--variants", "--repeats"))]
     print(
         f"space={_SPACE.value} res={_RESOLUTION.value or 'own'} mode={_MODE.value} "
-        f"batch={_BATCH.value} threads={_THREADS.value}, {os.cpu_count()} CPUs, "
+        f"batch={_BATCH.value} threads={_THREADS.value} lean_grappler={_LEAN.value}, "
+        f"{os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     header = (

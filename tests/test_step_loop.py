@@ -12,7 +12,14 @@ import tensorflow as tf
 from benchmarks.first_step import count_child_calls
 from tf_bignas.model import Supernet
 from tf_bignas.space import get_space
-from tf_bignas.train.step import ChildSampler, SandwichOptions, SandwichStep, sample_children
+from tf_bignas.train.step import (
+    IDLE_CPU_GRAPH_PASSES,
+    ChildSampler,
+    SandwichOptions,
+    SandwichStep,
+    sample_children,
+    skip_idle_graph_passes,
+)
 
 BATCH = 8
 
@@ -98,6 +105,25 @@ def test_one_step_per_call_and_four_steps_per_call_train_the_same_weights(space,
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(losses_one[3], losses_four[0])
     np.testing.assert_array_equal(losses_one[7], losses_four[1])
+
+
+def test_skipping_the_idle_graph_passes_trains_the_same_weights(space, batches):
+    """The Grappler passes turned off on CPU hosts change nothing in the step."""
+    saved = tf.config.optimizer.get_experimental_options()
+    try:
+        tf.config.optimizer.set_experimental_options({p: None for p in IDLE_CPU_GRAPH_PASSES})
+        full, losses_full = _train(space, batches, 2, steps=4)
+        assert skip_idle_graph_passes()  # no GPU on the machines that run the suite
+        options = tf.config.optimizer.get_experimental_options()
+        assert all(options[p] is False for p in IDLE_CPU_GRAPH_PASSES)
+        lean, losses_lean = _train(space, batches, 2, steps=4)
+    finally:
+        tf.config.optimizer.set_experimental_options(
+            {p: saved.get(p) for p in IDLE_CPU_GRAPH_PASSES}
+        )
+    for a, b in zip(full, lean):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.concatenate(losses_full), np.concatenate(losses_lean))
 
 
 def test_run_equals_calls_on_the_children_it_draws(space, batches):

@@ -116,7 +116,19 @@ def take(variable: tf.Variable | tf.Tensor, begin: list, size: list) -> tf.Tenso
     Returns:
         The slice.
     """
-    return tf.slice(variable, tf.stack(begin), tf.stack(size))
+    return tf.slice(variable, _index_vector(begin), _index_vector(size))
+
+
+def _index_vector(values: list) -> tf.Tensor:
+    """A 1-D int32 vector: one constant when every entry is an int, else a stack.
+
+    A single constant keeps the traced graph small (the training step slices
+    hundreds of weights per child, and each `tf.stack` of constants is a node
+    more to trace and to optimise).
+    """
+    if all(isinstance(v, int) for v in values):
+        return tf.constant(values, tf.int32)
+    return tf.stack(values)
 
 
 class DynamicConv2D(keras.layers.Layer):
@@ -158,19 +170,27 @@ class DynamicConv2D(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, x: tf.Tensor, out_ch: tf.Tensor, mode: str = "slice") -> tf.Tensor:
+    def call(
+        self,
+        x: tf.Tensor,
+        out_ch: tf.Tensor,
+        mode: str = "slice",
+        in_ch: tf.Tensor | None = None,
+    ) -> tf.Tensor:
         """Convolves with the first `out_ch` filters over the input's channels.
 
         Args:
             x: [B, H, W, C] input (C active channels in slice mode, max_in in mask mode).
             out_ch: Active output channels (scalar int tensor).
             mode: "slice" or "mask".
+            in_ch: C when the caller knows it (slice mode); read from x if None.
 
         Returns:
             [B, H', W', out_ch] (slice) or [B, H', W', max_out] masked (mask).
         """
         if mode == "slice":
-            w = take(self.kernel, [0, 0, 0, 0], [-1, -1, tf.shape(x)[-1], out_ch])
+            c = tf.shape(x)[-1] if in_ch is None else in_ch
+            w = take(self.kernel, [0, 0, 0, 0], [-1, -1, c, out_ch])
             b = take(self.bias, [0], [out_ch]) if self.use_bias else None
         else:
             w, b = self.kernel, self.bias
@@ -202,13 +222,20 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, x: tf.Tensor, kernel_size: tf.Tensor, mode: str = "slice") -> tf.Tensor:
+    def call(
+        self,
+        x: tf.Tensor,
+        kernel_size: tf.Tensor,
+        mode: str = "slice",
+        in_ch: tf.Tensor | None = None,
+    ) -> tf.Tensor:
         """Applies the centre `kernel_size` x `kernel_size` taps to the input's channels.
 
         Args:
             x: [B, H, W, C] input.
             kernel_size: Active kernel size (scalar int tensor, odd).
             mode: "slice" or "mask".
+            in_ch: C when the caller knows it (slice mode); read from x if None.
 
         Returns:
             [B, H', W', C].
@@ -216,9 +243,8 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         big = self.max_kernel
         if mode == "slice":
             start = (big - kernel_size) // 2
-            w = take(
-                self.kernel, [start, start, 0, 0], [kernel_size, kernel_size, tf.shape(x)[-1], -1]
-            )
+            c = tf.shape(x)[-1] if in_ch is None else in_ch
+            w = take(self.kernel, [start, start, 0, 0], [kernel_size, kernel_size, c, -1])
         else:
             taps = tf.cast(
                 tf.abs(tf.range(big) - big // 2) <= tf.cast(kernel_size, tf.int32) // 2,
@@ -297,8 +323,8 @@ class DynamicBatchNorm(keras.layers.Layer):
 
     def _fused_batch_norm(
         self, x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Batch-statistics BN with the fused kernel: (y, mean, biased variance, count)."""
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Batch-statistics BN with the fused kernel: (y, mean, unbiased variance)."""
         y, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
             x=x,
             scale=gamma,
@@ -310,10 +336,7 @@ class DynamicBatchNorm(keras.layers.Layer):
             data_format="NHWC",
             is_training=True,
         )
-        shape = tf.shape(x)
-        n = tf.cast(shape[0] * shape[1] * shape[2], x.dtype)
-        var = unbiased * (n - 1.0) / tf.maximum(n, 2.0)
-        return y, mean, var, n
+        return y, mean, unbiased
 
     def reset_calibration(self) -> None:
         """Zeroes the calibration accumulators."""
@@ -340,12 +363,15 @@ class DynamicBatchNorm(keras.layers.Layer):
             x: [B, H, W, C] input.
             bn_mode: "batch", "stored" or "calibrate".
             mode: "slice" or "mask".
-            ch: Active channels, needed in mask mode to zero the rest.
+            ch: Active channels: needed in mask mode to zero the rest; in
+                slice mode (x has exactly `ch` channels) it saves a shape op.
 
         Returns:
             The normalised tensor, same shape as x.
         """
-        c = tf.shape(x)[-1]
+        # In slice mode the input has exactly `ch` channels: the caller's width
+        # saves reading the shape again.
+        c = ch if (mode == "slice" and ch is not None) else tf.shape(x)[-1]
         gamma, beta = take(self.gamma, [0], [c]), take(self.beta, [0], [c])
         if bn_mode == "stored":
             mean, var = self.moving_mean[:c], self.moving_variance[:c]
@@ -359,8 +385,13 @@ class DynamicBatchNorm(keras.layers.Layer):
             else:
                 # One fused kernel for statistics and normalisation (forward and
                 # backward): markedly cheaper than moments + batch_normalization.
-                y, mean, var, n = self._fused_batch_norm(x, gamma, beta)
+                # Only calibration needs the statistics; a training step
+                # leaves them out of its graph.
+                y, mean, unbiased = self._fused_batch_norm(x, gamma, beta)
                 if bn_mode == "calibrate":
+                    shape = tf.shape(x)
+                    n = tf.cast(shape[0] * shape[1] * shape[2], x.dtype)
+                    var = unbiased * (n - 1.0) / tf.maximum(n, 2.0)
                     total, sq_total = mean * n, (var + tf.square(mean)) * n
                     ctx = tf.distribute.get_replica_context()
                     if ctx is not None and ctx.num_replicas_in_sync > 1:

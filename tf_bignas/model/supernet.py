@@ -131,14 +131,19 @@ def run_ops(
         The output of the last op.
     """
     values = {ops[0].inputs[0]: x}
+    # Active channels of each value, where a width sets them (None: read the
+    # tensor's shape); the layers slice with these instead of new shape ops.
+    chans: dict[str, tf.Tensor | None] = {ops[0].inputs[0]: None}
     y = x
     for op in ops:
         h = values[op.inputs[0]]
         kind = op.kind
+        in_ch = chans[op.inputs[0]]
+        chans[op.name] = in_ch if op.width == "same" else widths[op.width]
         if kind == "conv":
-            y = layers(op.name)(h, widths[op.width], mode=mode)
+            y = layers(op.name)(h, widths[op.width], mode=mode, in_ch=in_ch)
         elif kind == "dwconv":
-            y = layers(op.name)(h, kernel, mode=mode)
+            y = layers(op.name)(h, kernel, mode=mode, in_ch=in_ch)
         elif kind == "bn":
             y = layers(op.name)(h, bn_mode=bn_mode, mode=mode, ch=widths[op.width])
         elif kind == "act":

@@ -118,6 +118,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.runtime.deterministic = False  # enable_op_determinism (slower)
     c.runtime.jit_compile = False  # XLA for each child pass on GPU (needs model.mode="mask")
     c.runtime.threads = 0  # intra/inter-op threads; 0 = TensorFlow's default
+    # CPU-only hosts: skip the Grappler passes that leave the step's graph as
+    # it was (train.step.skip_idle_graph_passes); a shorter first step.
+    c.runtime.lean_grappler = True
     # Sandwich steps per compiled call (an on-device loop; children are drawn
     # in-graph from (seed, step), so any value trains the same weights). The
     # host reads the losses (and checks that they are finite) only at log,

@@ -96,6 +96,7 @@ RESUMABLE_OPTIONS = (
     "data.strict",
     "runtime.tpu",
     "runtime.threads",
+    "runtime.lean_grappler",
     "runtime.deterministic",
     "runtime.jit_compile",
     "chain.*",  # what happens after training (search, export, benchmarks)

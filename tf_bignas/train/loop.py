@@ -61,7 +61,7 @@ from tf_bignas.train.distribute import (
     worker_role,
 )
 from tf_bignas.train.optimizers import ema_weights
-from tf_bignas.train.step import SandwichOptions, SandwichStep
+from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
 from tf_bignas.train.validation import (
     validate_dataset,
     validate_max_steps,
@@ -220,6 +220,8 @@ def _train_locked(
         _set_threads(rt.threads, log)
     if rt.deterministic:
         tf.config.experimental.enable_op_determinism()
+    if rt.lean_grappler:
+        skip_idle_graph_passes()
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or build_strategy(rt.strategy, rt.tpu)
 

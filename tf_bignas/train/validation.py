@@ -237,6 +237,7 @@ def option_rules() -> dict[str, Rule]:
         "runtime.deterministic": boolean,
         "runtime.jit_compile": boolean,
         "runtime.threads": _int(0, "0 = TensorFlow's default"),
+        "runtime.lean_grappler": boolean,
     }
 
 
