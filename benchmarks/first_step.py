@@ -85,6 +85,25 @@ def graph_nodes(graph_def: object) -> int:
     return len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
 
 
+def python_reference() -> float:
+    """CPU seconds of a fixed single-threaded Python workload (best of 3): the machine reference.
+
+    Tracing is single-threaded Python and Grappler single-threaded C++, so the
+    time to the first step scales with one core's speed, which differs between
+    machines of one kind and over a day on a shared one. Quote this beside
+    absolute seconds.
+    """
+    times = []
+    for _ in range(3):
+        start = time.process_time()
+        counts: dict[int, int] = {}
+        for i in range(2_000_000):
+            key = i % 1000
+            counts[key] = counts.get(key, 0) + i
+        times.append(time.process_time() - start)
+    return min(times)
+
+
 def _measure(variant: str) -> dict[str, float]:
     """Builds the step of one variant and times its trace, first call and a later call."""
     import numpy as np
@@ -172,6 +191,7 @@ def main(argv: list[str]) -> None:
         f"{'step s':>7s} {'(cpu)':>7s}"
     )
     print(header)
+    reference = [python_reference()]
     for _ in range(_REPEATS.value):
         for variant in _VARIANTS.value:
             proc = subprocess.run(
@@ -193,7 +213,11 @@ def main(argv: list[str]) -> None:
                 f"{r['step_s']:7.2f} {r['step_cpu_s']:7.2f}",
                 flush=True,
             )
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    reference.append(python_reference())
+    print(
+        f"load average after: {os.getloadavg()[0]:.2f}; machine reference (python_reference, "
+        f"CPU s, before/after): {reference[0]:.3f} / {reference[1]:.3f}"
+    )
 
 
 if __name__ == "__main__":
