@@ -290,9 +290,10 @@ def skip_idle_graph_passes() -> bool:
     """Turns off the Grappler passes that change nothing in the step on a CPU-only host.
 
     The first call of the training step lets Grappler work through a graph of
-    about 25,000 nodes; these passes cost about 0.7 s of it on the default
-    space (`benchmarks/first_step.py`) and leave the graph, hence the step,
-    as it was. The setting is TensorFlow's, for the whole process; with a GPU
+    about 25,000 nodes; these passes cost about 0.9 CPU s of it on the
+    default space at 64 px (`python -m benchmarks.first_step --variants=loop
+    --nolean_grappler` against the default) and leave the graph, hence the
+    step, as it was. The setting is TensorFlow's, for the whole process; with a GPU
     visible nothing changes (the layout optimiser matters there).
 
     Returns:
