@@ -131,6 +131,15 @@ def _index_vector(values: list) -> tf.Tensor:
     return tf.stack(values)
 
 
+def active_channels(x: tf.Tensor, known: tf.Tensor | None) -> tf.Tensor:
+    """The channels of a slice-mode input: `known` when the caller holds them, else x's.
+
+    The caller's width (`supernet.run_ops` tracks one per value) saves a shape
+    op per layer in the traced graph.
+    """
+    return tf.shape(x)[-1] if known is None else known
+
+
 class DynamicConv2D(keras.layers.Layer):
     """A dense (groups=1) convolution whose input and output channels can shrink.
 
@@ -189,8 +198,7 @@ class DynamicConv2D(keras.layers.Layer):
             [B, H', W', out_ch] (slice) or [B, H', W', max_out] masked (mask).
         """
         if mode == "slice":
-            c = tf.shape(x)[-1] if in_ch is None else in_ch
-            w = take(self.kernel, [0, 0, 0, 0], [-1, -1, c, out_ch])
+            w = take(self.kernel, [0, 0, 0, 0], [-1, -1, active_channels(x, in_ch), out_ch])
             b = take(self.bias, [0], [out_ch]) if self.use_bias else None
         else:
             w, b = self.kernel, self.bias
@@ -243,7 +251,7 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         big = self.max_kernel
         if mode == "slice":
             start = (big - kernel_size) // 2
-            c = tf.shape(x)[-1] if in_ch is None else in_ch
+            c = active_channels(x, in_ch)
             w = take(self.kernel, [start, start, 0, 0], [kernel_size, kernel_size, c, -1])
         else:
             taps = tf.cast(
@@ -369,9 +377,8 @@ class DynamicBatchNorm(keras.layers.Layer):
         Returns:
             The normalised tensor, same shape as x.
         """
-        # In slice mode the input has exactly `ch` channels: the caller's width
-        # saves reading the shape again.
-        c = ch if (mode == "slice" and ch is not None) else tf.shape(x)[-1]
+        # In slice mode the input has exactly `ch` channels.
+        c = active_channels(x, ch if mode == "slice" else None)
         gamma, beta = take(self.gamma, [0], [c]), take(self.beta, [0], [c])
         if bn_mode == "stored":
             mean, var = self.moving_mean[:c], self.moving_variance[:c]

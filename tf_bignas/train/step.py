@@ -293,8 +293,9 @@ def skip_idle_graph_passes() -> bool:
     about 25,000 nodes; these passes cost about 0.9 CPU s of it on the
     default space at 64 px (the first-step benchmark, `benchmarks/first_step.py`,
     run with `--nolean_grappler` against its default) and leave the graph,
-    hence the step, as it was. The setting is TensorFlow's, for the whole process; with a GPU
-    visible nothing changes (the layout optimiser matters there).
+    hence the step, as it was. The setting is TensorFlow's, for the whole
+    process; with a GPU visible nothing changes (the layout optimiser matters
+    there).
 
     Returns:
         True if the passes were turned off, False if a GPU is visible.
