@@ -162,12 +162,23 @@ def report(rows: list[dict], path: str, command: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    # One colour per variant, one line style per seed: more runs than a
+    # colour cycle holds stay distinguishable.
+    colors = {v: f"C{i % 10}" for i, v in enumerate(VARIANTS)}
+    styles = ("-", "--", ":", "-.")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, child in zip(axes, ("smallest", "largest")):
         for r in rows:
             curve = read_curves(r["workdir"]).get(f"eval/top1_{child}")
             if curve is not None:
-                ax.plot(curve[0], curve[1] * 100, marker="o", label=f"{r['variant']} s{r['seed']}")
+                ax.plot(
+                    curve[0],
+                    curve[1] * 100,
+                    marker="o",
+                    color=colors.get(r["variant"]),
+                    linestyle=styles[r["seed"] % len(styles)],
+                    label=f"{r['variant']} s{r['seed']}",
+                )
         ax.set_title(f"{child} child")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
