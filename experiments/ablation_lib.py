@@ -9,27 +9,47 @@ import json
 import os
 import types
 
-from tf_bignas.common.files import atomic_write_bytes
+import numpy as np
+
+from tf_bignas.common.files import atomic_write_bytes, atomic_write_json
 
 # Variant -> overrides of the base config. "lr x0.3" is resolved against the base.
+# He init is the paper's baseline of section 4.3: every BN gamma 1 AND no
+# shortcuts at stage transitions (the miniature's he_init switched only gamma).
 VARIANTS = types.MappingProxyType(
     {
         "full": {},
-        "he_init": {"model.zero_init_last_bn": "False"},
-        "he_init_lr30": {"model.zero_init_last_bn": "False", "optimizer.base_lr": "x0.3"},
+        "he_init": {"model.zero_init_last_bn": "False", "model.stage_shortcuts": "False"},
+        "he_init_lr30": {
+            "model.zero_init_last_bn": "False",
+            "model.stage_shortcuts": "False",
+            "optimizer.base_lr": "x0.3",
+        },
         "no_constant_ending": {"schedule.constant_ending": "False"},
         "regularize_all": {"sandwich.regularize_all_children": "True"},
         "hard_labels": {"sandwich.inplace_distillation": "False"},
         "independent_patch": {"data.shared_patch": "False"},
+        "hard_labels_independent_patch": {
+            "sandwich.inplace_distillation": "False",
+            "data.shared_patch": "False",
+        },
     }
 )
+RUN_FILES = ("results.json", "record.json", "curves.json")  # what is kept of a run
+
+
+def split_config_arg(config: str) -> tuple[str, str]:
+    """`path.py:arg` (ml_collections' config-file argument) as (path, arg)."""
+    path, _, arg = config.partition(":")  # as ml_collections splits it
+    return path, arg
 
 
 def base_lr(config_path: str, overrides: list[str]) -> float:
     """The base config's optimizer.base_lr (after the common overrides).
 
     Args:
-        config_path: The base config file (a `get_config()` module).
+        config_path: The base config file (a `get_config()` module), with its
+            `:arg` if any.
         overrides: KEY=VALUE overrides of every run.
 
     Returns:
@@ -41,10 +61,12 @@ def base_lr(config_path: str, overrides: list[str]) -> float:
             return float(value)
     import importlib.util  # noqa: PLC0415
 
-    spec = importlib.util.spec_from_file_location("base_config", config_path)
+    path, arg = split_config_arg(config_path)
+    spec = importlib.util.spec_from_file_location("base_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return float(module.get_config().optimizer.base_lr)
+    config = module.get_config(arg) if arg else module.get_config()
+    return float(config.optimizer.base_lr)
 
 
 def run_flags(variant: str, common: list[str], base_lr: float) -> list[str]:
@@ -71,33 +93,63 @@ def run_flags(variant: str, common: list[str], base_lr: float) -> list[str]:
     return out
 
 
-def collect(root: str) -> list[dict]:
-    """Every finished run under `root`: variant, seed, test top-1 per child, seconds.
+def keep_run(workdir: str, record: dict, keep: str) -> None:
+    """Copies a finished run's small files into `keep` (a folder in the repository).
+
+    `keep/results.json` (the run's), `keep/record.json` (variant, seed, flags,
+    wall time) and `keep/curves.json` (every logged curve: tag -> [[step,
+    value], ...]), so that a report can be regenerated and checked after the
+    run's workdir is gone.
 
     Args:
-        root: The runs' folder.
+        workdir: The finished run.
+        record: Its record (variant, seed, flags, seconds, attempts).
+        keep: The folder to write.
+    """
+    from tf_bignas.chain.report import read_curves  # noqa: PLC0415
+
+    with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    curves = {
+        tag: [[int(s), float(v)] for s, v in zip(steps, values)]
+        for tag, (steps, values) in sorted(read_curves(workdir).items())
+    }
+    os.makedirs(keep, exist_ok=True)
+    for name, value in zip(RUN_FILES, (results, record, curves)):
+        atomic_write_json(os.path.join(keep, name), value)
+
+
+def collect(keep_root: str) -> list[dict]:
+    """Every kept run under `keep_root`: variant, seed, test and train top-1 per child.
+
+    Args:
+        keep_root: The folder of kept runs (one sub-folder per run, see `keep_run`).
 
     Returns:
-        One dict per finished run, sorted by variant order and seed.
+        One dict per run, sorted by variant order and seed.
     """
     rows = []
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        workdir = os.path.join(root, name)
-        paths = [os.path.join(workdir, "results.json"), workdir + ".json"]
-        if not all(os.path.isfile(p) for p in paths):
+    for name in sorted(os.listdir(keep_root)) if os.path.isdir(keep_root) else []:
+        folder = os.path.join(keep_root, name)
+        if not all(os.path.isfile(os.path.join(folder, f)) for f in RUN_FILES):
             continue
-        with open(paths[0], encoding="utf-8") as f:
-            results = json.load(f)
-        with open(paths[1], encoding="utf-8") as f:
-            record = json.load(f)
+        loaded = {}
+        for file in RUN_FILES:
+            with open(os.path.join(folder, file), encoding="utf-8") as f:
+                loaded[file] = json.load(f)
+        results, record = loaded["results.json"], loaded["record.json"]
+        children = results["children"]
         rows.append(
             {
                 "variant": record["variant"],
                 "seed": record["seed"],
-                "workdir": workdir,
+                "folder": folder,
                 "seconds": record["seconds"],
-                "smallest": results["children"]["smallest"]["top1"],
-                "largest": results["children"]["largest"]["top1"],
+                "smallest": children["smallest"]["top1"],
+                "largest": children["largest"]["top1"],
+                "train_smallest": children["smallest"].get("train_top1"),
+                "train_largest": children["largest"].get("train_top1"),
+                "curves": {k: np.asarray(v) for k, v in loaded["curves.json"].items()},
             }
         )
     order = list(VARIANTS)
@@ -112,9 +164,6 @@ def report(rows: list[dict], path: str, command: str) -> None:
         path: The Markdown file.
         command: The command that produced the runs (quoted in the report).
     """
-    import numpy as np  # noqa: PLC0415
-
-    from tf_bignas.chain.report import read_curves  # noqa: PLC0415
 
     def mean(variant: str, child: str) -> float | None:
         values = [r[child] for r in rows if r["variant"] == variant]
@@ -135,13 +184,18 @@ def report(rows: list[dict], path: str, command: str) -> None:
         )
         + ". An effect is called real only when it exceeds that spread.",
         "",
-        "| variant | seed | smallest % | largest % | minutes |",
-        "|---|---|---:|---:|---:|",
+        "| variant | seed | smallest % | largest % | smallest train % | largest train % "
+        "| minutes |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
+
+    def pct(value: float | None) -> str:
+        return "" if value is None else f"{value * 100:.2f}"
+
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['seed']} | {r['smallest'] * 100:.2f} | "
-            f"{r['largest'] * 100:.2f} | {r['seconds'] / 60:.1f} |"
+            f"| {r['variant']} | {r['seed']} | {pct(r['smallest'])} | {pct(r['largest'])} | "
+            f"{pct(r['train_smallest'])} | {pct(r['train_largest'])} | {r['seconds'] / 60:.1f} |"
         )
     lines += ["", "| variant | mean smallest % | vs full | mean largest % | vs full |"]
     lines.append("|---|---:|---:|---:|---:|")
@@ -169,21 +223,26 @@ def report(rows: list[dict], path: str, command: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, child in zip(axes, ("smallest", "largest")):
         for r in rows:
-            curve = read_curves(r["workdir"]).get(f"eval/top1_{child}")
+            color, style = colors.get(r["variant"]), styles[r["seed"] % len(styles)]
+            curve = r["curves"].get(f"eval/top1_{child}")
             if curve is not None:
                 ax.plot(
-                    curve[0],
-                    curve[1] * 100,
+                    curve[:, 0],
+                    curve[:, 1] * 100,
                     marker="o",
-                    color=colors.get(r["variant"]),
-                    linestyle=styles[r["seed"] % len(styles)],
+                    color=color,
+                    linestyle=style,
                     label=f"{r['variant']} s{r['seed']}",
                 )
+            train = r["curves"].get(f"eval/train_top1_{child}")
+            if train is not None:  # training accuracy: thin, no label (same colour)
+                ax.plot(train[:, 0], train[:, 1] * 100, color=color, linestyle=style, lw=0.8)
         ax.set_title(f"{child} child")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test top-1 (%)")
-    axes[1].legend(fontsize=7)
+    axes[0].set_ylabel("top-1 (%): test (markers), training images (thin)")
+    # Outside the axes: a legend inside hid curve points (issue 21).
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     tmp = png + ".tmp.png"
     fig.savefig(tmp, dpi=110)

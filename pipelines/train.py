@@ -52,7 +52,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _load_config() -> ConfigDict:
     """The --config file, or a ConfigError naming it (missing, broken, not a config)."""
-    path = flags.FLAGS["config"].config_filename
+    # ml_collections takes `path:arg` (an argument for get_config) and splits at the colon.
+    path = flags.FLAGS["config"].config_filename.partition(":")[0]
     if not os.path.isfile(path):
         raise ConfigError(
             f"--config={path}: no such file; give a config file such as configs/quickstart.py"

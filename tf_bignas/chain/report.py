@@ -27,7 +27,14 @@ from tf_bignas.common.files import atomic_write_bytes  # noqa: E402
 from tf_bignas.export.card import read_card  # noqa: E402
 
 CURVES_FILE = "training_curves.png"
-CURVE_TAGS = ("loss/largest", "loss/smallest", "eval/top1_largest", "eval/top1_smallest")
+CURVE_TAGS = (
+    "loss/largest",
+    "loss/smallest",
+    "eval/top1_largest",
+    "eval/top1_smallest",
+    "eval/train_top1_largest",
+    "eval/train_top1_smallest",
+)
 
 
 def _read_json(path: str) -> dict[str, Any]:

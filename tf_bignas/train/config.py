@@ -111,6 +111,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.calibration_images = DEFAULT_CALIBRATION_IMAGES
     c.train.calibration_batch_size = DEFAULT_CALIBRATION_BATCH_SIZE
     c.train.eval_batches = 0  # 0 = the whole eval split
+    # Training images (a fixed random sample, evaluated as the eval split is:
+    # centre crop, no augmentation) scored at every evaluation beside the eval
+    # split, so that overfitting shows; 0 = none.
+    c.train.eval_train_images = 0
 
     c.runtime = ml_collections.ConfigDict()
     c.runtime.strategy = "default"  # "mirrored" | "multi_worker" | "tpu"

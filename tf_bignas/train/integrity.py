@@ -86,6 +86,7 @@ RESUMABLE_OPTIONS = (
     "train.keep_checkpoints",
     "train.eval_every",
     "train.eval_batches",
+    "train.eval_train_images",
     "train.calibration_images",
     "train.calibration_batch_size",
     "train.calibration_batches",

@@ -70,6 +70,7 @@ from tf_bignas.train.validation import (
 )
 
 CHILD_NAMES = ("largest", "smallest")  # the first two children of every step
+TRAIN_SAMPLE = "train_sample"  # the key of the training images scored at evaluations
 
 
 class NonFiniteLossError(RuntimeError):
@@ -333,6 +334,8 @@ def _train_locked(
     def eval_data(split: str, res: int) -> object:
         if (split, res) not in eval_sets:
             calibration = split == "calibration"
+            # The training sample scored beside the eval split (overfitting).
+            train_sample = split == TRAIN_SAMPLE
 
             def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
                 common = dict(
@@ -352,13 +355,24 @@ def _train_locked(
                         seed=config.seed,
                         **common,
                     )
+                if train_sample:
+                    return data_lib.build_eval_dataset(
+                        d.source,
+                        d.train_split,
+                        res,
+                        batch,
+                        sample=config.train.eval_train_images,
+                        sample_seed=config.seed,
+                        **common,
+                    )
                 return data_lib.build_eval_dataset(d.source, split, res, batch, **common)
 
             eval_sets[(split, res)] = strategy.distribute_datasets_from_function(fn)
         return eval_sets[(split, res)]
 
-    def evaluate_children() -> dict[str, Accuracy]:
-        out = {}
+    def evaluate_children() -> tuple[dict[str, Accuracy], dict[str, Accuracy]]:
+        """Eval-split and training-sample accuracy of the largest and smallest child."""
+        out, on_train = {}, {}
         # With EMA, children are calibrated and evaluated with the EMA weights.
         with ema_weights(optimizer, net.trainable_variables):
             for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
@@ -368,7 +382,24 @@ def _train_locked(
                     iter(eval_data(d.eval_split, arch.resolution)),
                     config.train.eval_batches or None,
                 )
-        return out
+                if config.train.eval_train_images:
+                    on_train[name] = evaluator.evaluate(
+                        arch, iter(eval_data(TRAIN_SAMPLE, arch.resolution))
+                    )
+        return out, on_train
+
+    def log_eval(step: int, accs: dict[str, Accuracy], on_train: dict[str, Accuracy]) -> None:
+        with writer.as_default(step=step):
+            for name, acc in accs.items():
+                tf.summary.scalar(f"eval/top1_{name}", acc.top1)
+                tf.summary.scalar(f"eval/top5_{name}", acc.top5)
+            for name, acc in on_train.items():
+                tf.summary.scalar(f"eval/train_top1_{name}", acc.top1)
+        log(
+            f"step {step} eval "
+            + " ".join(f"{n} top1 {a.top1:.4f}" for n, a in accs.items())
+            + "".join(f" {n} train top1 {a.top1:.4f}" for n, a in on_train.items())
+        )
 
     step = int(optimizer.iterations.numpy())
     start_step, start = step, time.perf_counter()
@@ -437,15 +468,7 @@ def _train_locked(
                 and step % config.train.eval_every == 0
                 and step < total_steps
             ):
-                accs = evaluate_children()
-                with writer.as_default(step=step):
-                    for name, acc in accs.items():
-                        tf.summary.scalar(f"eval/top1_{name}", acc.top1)
-                        tf.summary.scalar(f"eval/top5_{name}", acc.top5)
-                log(
-                    f"step {step} eval "
-                    + " ".join(f"{n} top1 {a.top1:.4f}" for n, a in accs.items())
-                )
+                log_eval(step, *evaluate_children())
         check_finite()
         if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
             save(step)
@@ -466,10 +489,11 @@ def _train_locked(
     seconds = time.perf_counter() - start
     finished = step >= total_steps
     accuracies: dict[str, Accuracy] = {}
+    on_train: dict[str, Accuracy] = {}
     if finished:
         if o.ema:  # From here on the model holds the EMA weights, which are saved.
             optimizer.finalize_variable_values(net.trainable_variables)
-        accuracies = evaluate_children()
+        accuracies, on_train = evaluate_children()
     if finished and role.is_chief:  # every worker evaluates; the chief writes
         net.bn_stats.save(os.path.join(workdir, wd.BN_STATS_FILE))
         weights = os.path.join(workdir, wd.WEIGHTS_FILE)
@@ -492,6 +516,14 @@ def _train_locked(
                 name: {
                     "arch": (space.largest() if name == "largest" else space.smallest()).to_dict(),
                     **dataclasses.asdict(acc),
+                    **(
+                        {
+                            "train_top1": on_train[name].top1,
+                            "train_examples": on_train[name].num_examples,
+                        }
+                        if name in on_train
+                        else {}
+                    ),
                 }
                 for name, acc in accuracies.items()
             },
@@ -500,6 +532,8 @@ def _train_locked(
         with writer.as_default(step=step):
             for name, acc in accuracies.items():
                 tf.summary.scalar(f"eval/top1_{name}", acc.top1)
+            for name, acc in on_train.items():
+                tf.summary.scalar(f"eval/train_top1_{name}", acc.top1)
         for name, acc in accuracies.items():
             log(
                 f"{name} child: top1 {acc.top1:.4f} top5 {acc.top5:.4f} on "

@@ -220,6 +220,7 @@ def option_rules() -> dict[str, Rule]:
         "train.calibration_images": _int(1),
         "train.calibration_batch_size": _int(1),
         "train.eval_batches": _int(0, "0 = the whole eval split"),
+        "train.eval_train_images": _int(0, "0 = none"),
         "train.max_abs_weight": _float(0.0, low_open=True),
         "runtime.steps_per_loop": _int(1, "steps per compiled call"),
         # chain (pipelines/run_all.py; its programs check the values' meaning)
