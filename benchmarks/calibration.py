@@ -38,9 +38,9 @@ from ml_collections import config_flags
 from benchmarks.common import timed
 from tf_bignas import data as data_lib
 from tf_bignas.model import Supernet
+from tf_bignas.run.config import build_space, build_supernet
+from tf_bignas.run.evaluator import ChildEvaluator
 from tf_bignas.space import ArchConfig
-from tf_bignas.train.calibration import ChildEvaluator
-from tf_bignas.train.config import build_space, build_supernet
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _CONFIG = config_flags.DEFINE_config_file(

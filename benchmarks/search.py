@@ -40,12 +40,12 @@ from ml_collections import config_flags
 
 from benchmarks.common import matmul_gmacs, timed
 from tf_bignas.data import DEFAULT_NORMALIZATION
+from tf_bignas.run.evaluator import network_input
+from tf_bignas.run.workdir import open_workdir, read_config
 from tf_bignas.search import config as search_config
 from tf_bignas.search import parse_budgets, run_search
 from tf_bignas.search.scoring import ChildScorer
 from tf_bignas.space import ArchConfig
-from tf_bignas.train.calibration import network_input
-from tf_bignas.train.workdir import open_workdir, read_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished training workdir (copied first).")
 _BUDGETS = flags.DEFINE_string("budgets", "mflops:1,2,3", "Budgets of the timed search.")

@@ -47,7 +47,7 @@ Checkpoints leave out the input iterator (its shuffle buffer of encoded
 ImageNet images is about 1 GB): a resumed run reshuffles instead.
 """
 
-from tf_bignas.train.config import default_config
+from tf_bignas.run.config import default_config
 
 
 def get_config():

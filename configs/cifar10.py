@@ -22,7 +22,7 @@ Point `--config.data.source=folder:PATH` elsewhere if the data is not in
 /tmp/cifar10.
 """
 
-from tf_bignas.train.config import default_config
+from tf_bignas.run.config import default_config
 
 
 def get_config():

@@ -26,7 +26,7 @@ smallest 45.68% / 45.16% test top-1; experiments/RESULTS.md). Every experiment
 uses this config; an ablation changes one switch.
 """
 
-from tf_bignas.train.config import default_config
+from tf_bignas.run.config import default_config
 
 
 def get_config():

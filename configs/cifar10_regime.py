@@ -32,7 +32,7 @@ two thirds of such a run) become 5/360 and 2.4/360 of this run's epochs.
 The run is 39 steps per epoch (1,872 steps at 48 epochs).
 """
 
-from tf_bignas.train.config import default_config
+from tf_bignas.run.config import default_config
 
 DEFAULT_EPOCHS = 48.0
 

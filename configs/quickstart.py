@@ -22,7 +22,7 @@ shared machine loaded 5-8x over its 2 cores; on 2 idle cores the same 930
 steps took 1 min 47 s before these changes, which do not change a step's cost.
 """
 
-from tf_bignas.train.config import default_config
+from tf_bignas.run.config import default_config
 
 
 def get_config():

@@ -44,17 +44,12 @@ from tf_bignas.data.device import network_images
 from tf_bignas.export.export_lib import calibrate_child
 from tf_bignas.export.models import write_keras
 from tf_bignas.model.slicing import UncalibratedChildError, extract_child
+from tf_bignas.run.config import build_space, build_supernet, minival_size
+from tf_bignas.run.workdir import Workdir, open_workdir
 from tf_bignas.space import ArchConfig
-from tf_bignas.train.config import (
-    build_optimizer,
-    build_schedule,
-    build_space,
-    build_supernet,
-    minival_size,
-)
+from tf_bignas.train.config import build_optimizer, build_schedule
 from tf_bignas.train.schedules import scaled_learning_rate
 from tf_bignas.train.step import is_decayed
-from tf_bignas.train.workdir import Workdir, open_workdir
 
 INITS = ("scratch", "sliced")
 TARGETS = ("labels", "teacher")

@@ -27,8 +27,8 @@ from absl import app, flags
 
 from experiments import children_lib as cl
 from tf_bignas.common.files import atomic_write_bytes
-from tf_bignas.train.config import build_space
-from tf_bignas.train.workdir import read_config
+from tf_bignas.run.config import build_space
+from tf_bignas.run.workdir import read_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -32,11 +32,11 @@ from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from tf_bignas.latency import endtoend, int8, table  # noqa: E402
+from tf_bignas.run.workdir import Workdir, open_workdir  # noqa: E402
 from tf_bignas.search import config as search_config  # noqa: E402
 from tf_bignas.search import parse_budgets, run_search  # noqa: E402
 from tf_bignas.search.scoring import ChildScorer  # noqa: E402
 from tf_bignas.space import ArchConfig  # noqa: E402
-from tf_bignas.train.workdir import Workdir, open_workdir  # noqa: E402
 from tools import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished training workdir.")

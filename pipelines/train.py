@@ -24,18 +24,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's C++ INFO
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import ConfigDict, config_flags  # noqa: E402
 
-from tf_bignas.train.config import validate_config  # noqa: E402
-from tf_bignas.train.distribute import (  # noqa: E402
+from tf_bignas.run.config import (
     STRATEGIES,
-    WorkerFailureError,
-    build_strategy,
+    validate_config,  # noqa: E402
 )
-from tf_bignas.train.loop import NonFiniteLossError, train  # noqa: E402
-from tf_bignas.train.validation import (  # noqa: E402
+from tf_bignas.run.validation import (  # noqa: E402
     ConfigError,
     validate_options,
     validate_workdir_path,
 )
+from tf_bignas.train.distribute import WorkerFailureError, build_strategy
+from tf_bignas.train.loop import NonFiniteLossError, train  # noqa: E402
 from tools import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).")

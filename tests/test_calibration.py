@@ -9,8 +9,8 @@ from supernet_testutil import randomize_weights
 
 from tf_bignas.data import DEFAULT_NORMALIZATION, build_calibration_dataset, build_eval_dataset
 from tf_bignas.model import Supernet
+from tf_bignas.run.evaluator import ChildEvaluator
 from tf_bignas.space import get_space
-from tf_bignas.train.calibration import ChildEvaluator
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import os
 import pytest
 
 from tf_bignas.model import cost
+from tf_bignas.run.config import build_space, default_config, validate_config
+from tf_bignas.run.workdir import read_config
 from tf_bignas.space import get_space
-from tf_bignas.train.config import build_schedule, build_space, default_config, validate_config
-from tf_bignas.train.workdir import read_config
+from tf_bignas.train.config import build_schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_every_variant_is_one_valid_switch_of_the_base_config():
     from conftest import quickstart_config
 
-    from tf_bignas.train.config import validate_config
+    from tf_bignas.run.config import validate_config
 
     assert ablations.run_flags("full", ["train.epochs=1"], 0.2) == ["--config.train.epochs=1"]
     assert ablations.run_flags("he_init_lr30", [], 0.2) == [
@@ -126,7 +126,7 @@ def test_table3_trains_the_searched_children_alone_and_reports(searched_copy, tm
     # The saved teacher is the model that was scored: same top-1 when loaded back.
     import keras
 
-    from tf_bignas.train.workdir import read_config
+    from tf_bignas.run.workdir import read_config
 
     model = keras.models.load_model(str(root / "teacher_s0" / "model.keras"), compile=False)
     test = cl.test_dataset(read_config(searched_copy), int(model.inputs[0].shape[1]))
@@ -170,7 +170,7 @@ def test_a_child_trained_alone_learns_and_resumes_where_it_stopped(tmp_path):
     from conftest import quickstart_config
 
     from experiments import children_lib as cl
-    from tf_bignas.train.config import build_space
+    from tf_bignas.run.config import build_space
 
     config = quickstart_config(train__batch_size=32)
     config.schedule.warmup_epochs = 0.0

@@ -27,7 +27,7 @@ from tf_bignas.export import tflite as tflite_lib
 from tf_bignas.export.errors import ExportError, UnsupportedOpError
 from tf_bignas.model import cost as cost_lib
 from tf_bignas.model.slicing import build_child_model, extract_child
-from tf_bignas.train.workdir import open_workdir
+from tf_bignas.run.workdir import open_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Verified on all 1,000 test digits. The 48-step supernet's logits lie close

@@ -18,6 +18,9 @@ import pytest
 
 from tf_bignas.model import BNStatsStore
 from tf_bignas.model import cost as cost_lib
+from tf_bignas.run.evaluations import MAIN_FILE
+from tf_bignas.run.evaluator import ChildEvaluator
+from tf_bignas.run.workdir import WorkdirError, open_workdir
 from tf_bignas.search import (
     BudgetError,
     ResultsFileError,
@@ -30,11 +33,8 @@ from tf_bignas.search import (
 from tf_bignas.search import costs as costs_lib
 from tf_bignas.search import grid as grid_lib
 from tf_bignas.search import methods as methods_lib
-from tf_bignas.search.results import MAIN_FILE
 from tf_bignas.search.scoring import ChildScorer, selection_split
 from tf_bignas.space import ArchConfig, InvalidArchError, get_space
-from tf_bignas.train.calibration import ChildEvaluator
-from tf_bignas.train.workdir import WorkdirError, open_workdir
 
 TINY_SMALLEST = 0.145056  # MFLOPs of bignas_tiny's smallest child at 16 px, 10 classes
 TINY_LARGEST = 4.180736  # ... and of its largest at 32 px

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tf_bignas.model import BNStatsStore, Supernet
-from tf_bignas.train.workdir import open_workdir
+from tf_bignas.run.workdir import open_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [

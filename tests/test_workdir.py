@@ -1,4 +1,4 @@
-"""Tests of tf_bignas.train.workdir: the one entry point to a trained run."""
+"""Tests of tf_bignas.run.workdir: the one entry point to a trained run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tf_bignas.model import Supernet
-from tf_bignas.train.workdir import MODEL_FILE, WEIGHTS_FILE, WorkdirError, open_workdir
+from tf_bignas.run.workdir import MODEL_FILE, WEIGHTS_FILE, WorkdirError, open_workdir
 
 
 def _logits(wd, arch):

@@ -23,18 +23,20 @@ import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT, quickstart_config
 
-from tf_bignas.space import InvalidArchError, get_space
-from tf_bignas.train import integrity
-from tf_bignas.train import workdir as wd
-from tf_bignas.train.config import default_config
-from tf_bignas.train.loop import NonFiniteLossError, train
-from tf_bignas.train.validation import (
+from tf_bignas.run import lock
+from tf_bignas.run import record as run_record_lib
+from tf_bignas.run import workdir as wd
+from tf_bignas.run.config import default_config
+from tf_bignas.run.validation import (
     ConfigError,
     flatten,
     option_rules,
     validate_options,
     validate_workdir_path,
 )
+from tf_bignas.space import InvalidArchError, get_space
+from tf_bignas.train import integrity
+from tf_bignas.train.loop import NonFiniteLossError, train
 
 # A cheap run: no random children (the largest and smallest child only).
 CHEAP = dict(
@@ -86,7 +88,7 @@ def run_copy(two_steps, tmp_path) -> pathlib.Path:
 
 def test_the_workdir_records_its_run_with_ordinary_file_modes(two_steps):
     record = json.loads((two_steps / "run.json").read_text())
-    assert record["format"] == integrity.RUN_FORMAT
+    assert record["format"] == run_record_lib.RUN_FORMAT
     assert record["seed"] == 0 and record["global_batch_size"] == 16
     assert record["num_classes"] == 10
     assert record["space"]["name"] == "bignas_tiny"
@@ -103,7 +105,7 @@ def test_the_workdir_records_its_run_with_ordinary_file_modes(two_steps):
 def test_a_resume_with_other_values_is_refused_before_anything_is_written(run_copy):
     before = _snapshot(run_copy)
     config = _config(seed=1, train__batch_size=32, train__log_every=7)
-    with pytest.raises(integrity.ResumeMismatchError) as e:
+    with pytest.raises(run_record_lib.ResumeMismatchError) as e:
         train(config, str(run_copy), max_steps=2, log=lambda line: None)
     message = str(e.value)
     assert "seed: 0 in the workdir, 1 now" in message
@@ -117,13 +119,13 @@ def test_a_space_redefined_since_the_run_is_a_difference(run_copy):
     record = json.loads((run_copy / "run.json").read_text())
     record["space"]["stages"][0]["depths"] = [1, 2, 3]
     (run_copy / "run.json").write_text(json.dumps(record))
-    with pytest.raises(integrity.ResumeMismatchError, match=r"space\.stages\[0\]\.depths"):
+    with pytest.raises(run_record_lib.ResumeMismatchError, match=r"space\.stages\[0\]\.depths"):
         train(_config(), str(run_copy), max_steps=2, log=lambda line: None)
 
 
 def test_a_folder_that_holds_something_else_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(integrity.ResumeMismatchError, match="holds no training run"):
+    with pytest.raises(run_record_lib.ResumeMismatchError, match="holds no training run"):
         train(_config(), str(tmp_path), max_steps=1, log=lambda line: None)
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
 
@@ -147,13 +149,13 @@ def test_written_files_get_the_modes_of_ordinary_files(tmp_path):
 def test_a_remote_workdir_record_is_checked_the_same_way():
     workdir = "ram://integrity_record/run"
     config = _config()
-    record = integrity.run_record(config, get_space("bignas_tiny").to_dict(), 10)
-    assert not integrity.check_resume(workdir, record)  # nothing there yet
-    integrity.write_record(workdir, record, config)
-    assert integrity.check_resume(workdir, record)
-    other = integrity.run_record(_config(seed=3), get_space("bignas_tiny").to_dict(), 10)
-    with pytest.raises(integrity.ResumeMismatchError, match="seed: 0 in the workdir, 3 now"):
-        integrity.check_resume(workdir, other)
+    record = run_record_lib.run_record(config, get_space("bignas_tiny").to_dict(), 10)
+    assert not run_record_lib.check_resume(workdir, record)  # nothing there yet
+    run_record_lib.write_record(workdir, record, config)
+    assert run_record_lib.check_resume(workdir, record)
+    other = run_record_lib.run_record(_config(seed=3), get_space("bignas_tiny").to_dict(), 10)
+    with pytest.raises(run_record_lib.ResumeMismatchError, match="seed: 0 in the workdir, 3 now"):
+        run_record_lib.check_resume(workdir, other)
 
 
 # ---- the lock ----------------------------------------------------------------------
@@ -161,8 +163,8 @@ def test_a_remote_workdir_record_is_checked_the_same_way():
 
 def test_a_second_run_is_refused_while_the_first_holds_the_lock(run_copy):
     before = _snapshot(run_copy)
-    with integrity.locked(str(run_copy)):
-        with pytest.raises(integrity.WorkdirBusyError) as e:
+    with lock.locked(str(run_copy)):
+        with pytest.raises(lock.WorkdirBusyError) as e:
             train(_config(), str(run_copy), max_steps=2, log=lambda line: None)
         assert (run_copy / "run.lock").exists()
     message = str(e.value)
@@ -174,7 +176,7 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lock(run_copy):
 def test_a_lock_naming_another_host_is_not_taken_over(run_copy):
     lock = run_copy / "run.lock"
     lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "2020-01-01"}))
-    with pytest.raises(integrity.WorkdirBusyError, match="cannot be checked") as e:
+    with pytest.raises(lock.WorkdirBusyError, match="cannot be checked") as e:
         train(_config(), str(run_copy), max_steps=2, log=lambda line: None)
     assert f"delete {lock}" in str(e.value)
     assert json.loads(lock.read_text())["host"] == "elsewhere"
@@ -182,10 +184,10 @@ def test_a_lock_naming_another_host_is_not_taken_over(run_copy):
 
 def test_remote_lock_is_exclusive_and_released():
     path = "ram://integrity_test/run"
-    first = integrity.WorkdirLock(path)
+    first = lock.WorkdirLock(path)
     first.acquire()
-    with pytest.raises(integrity.WorkdirBusyError, match=f"pid {os.getpid()}"):
-        integrity.WorkdirLock(path).acquire()
+    with pytest.raises(lock.WorkdirBusyError, match=f"pid {os.getpid()}"):
+        lock.WorkdirLock(path).acquire()
     first.release()
     assert not tf.io.gfile.exists(f"{path}/run.lock")
 
@@ -463,7 +465,7 @@ def test_train_program_bad_option_is_one_line_and_exit_2_traceback_only_with_ver
 
 def test_train_program_refuses_a_busy_workdir(tmp_path):
     workdir = tmp_path / "busy"
-    with integrity.locked(str(workdir)):
+    with lock.locked(str(workdir)):
         out = _run(
             "pipelines.train",
             "--config=configs/quickstart.py",

@@ -39,7 +39,7 @@ def _space_and_classes() -> tuple[SearchSpace, int, bool]:
     """(space, num_classes, stage_shortcuts) from --workdir or --space/--num_classes."""
     if not _WORKDIR.value:
         return get_space(_SPACE.value), _NUM_CLASSES.value, True
-    from tf_bignas.train.workdir import open_workdir  # loads TensorFlow: only when asked
+    from tf_bignas.run.workdir import open_workdir  # loads TensorFlow: only when asked
 
     wd = open_workdir(_WORKDIR.value, allow_unfinished=True)
     for name, theirs in (("space", wd.space.name), ("num_classes", wd.num_classes)):

@@ -24,7 +24,7 @@ from absl import flags, logging  # noqa: E402
 
 from tf_bignas.export import ExportOptions, export_children, resolve_children  # noqa: E402
 from tf_bignas.export.export_lib import Thresholds  # noqa: E402
-from tf_bignas.train.workdir import open_workdir  # noqa: E402
+from tf_bignas.run.workdir import open_workdir  # noqa: E402
 from tools.cli import run  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir (of pipelines/train.py).")

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
         raise ValueError("give exactly one of --workdir and --space")
     stage_shortcuts = True
     if _WORKDIR.value:
-        from tf_bignas.train.workdir import open_workdir
+        from tf_bignas.run.workdir import open_workdir
 
         wd = open_workdir(_WORKDIR.value, allow_unfinished=True)
         space, num_classes = wd.space, wd.num_classes

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tf_bignas.common.files import atomic_write_bytes  # noqa: E402
-from tf_bignas.export.card import read_card  # noqa: E402
+from tf_bignas.run.card import read_card  # noqa: E402
 
 CURVES_FILE = "training_curves.png"
 CURVE_TAGS = (

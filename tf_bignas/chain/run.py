@@ -29,12 +29,12 @@ import ml_collections
 
 from tf_bignas.chain.report import write_report
 from tf_bignas.export import export_lib, host_benchmark
-from tf_bignas.export.card import read_card
 from tf_bignas.export.children import resolve_children
+from tf_bignas.run.card import read_card
+from tf_bignas.run.workdir import RESULTS_FILE, WEIGHTS_FILE, open_workdir
 from tf_bignas.search import parse_budgets, run_search
 from tf_bignas.search.config import default_search_config
 from tf_bignas.train.loop import train
-from tf_bignas.train.workdir import RESULTS_FILE, WEIGHTS_FILE, open_workdir
 
 STAGES = ("train", "search", "export", "benchmark", "report")
 

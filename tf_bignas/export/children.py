@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from tf_bignas.export.errors import ExportError
+from tf_bignas.run.workdir import Workdir
 from tf_bignas.space import ArchConfig, InvalidArchError
-from tf_bignas.train.workdir import Workdir
 
 SELECTION_PATH = os.path.join("search", "selection.json")
 BUDGET_KINDS = ("mflops", "params_m", "latency_ms")

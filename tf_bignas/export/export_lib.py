@@ -47,7 +47,6 @@ from tf_bignas import data as data_lib
 from tf_bignas.common.files import atomic_write_bytes, atomic_write_json
 from tf_bignas.data import transforms
 from tf_bignas.data.normalization import DEFAULT_NORMALIZATION, Normalization
-from tf_bignas.export import card as card_lib
 from tf_bignas.export import models
 from tf_bignas.export import tflite as tflite_lib
 from tf_bignas.export.children import ExportChild
@@ -55,10 +54,11 @@ from tf_bignas.export.errors import ExportError, VerificationError
 from tf_bignas.model import BNStatsStore
 from tf_bignas.model import cost as cost_lib
 from tf_bignas.model.slicing import build_child_model, extract_child
+from tf_bignas.run import card as card_lib
+from tf_bignas.run.config import minival_size
+from tf_bignas.run.evaluator import ChildEvaluator
+from tf_bignas.run.workdir import Workdir
 from tf_bignas.space import ArchConfig
-from tf_bignas.train.calibration import ChildEvaluator
-from tf_bignas.train.config import minival_size
-from tf_bignas.train.workdir import Workdir
 
 EXPORT_FORMAT = 1
 KERAS_FILE = "child.keras"

@@ -32,8 +32,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_bignas.common.files import atomic_write_bytes
-from tf_bignas.export import card as card_lib
 from tf_bignas.export.tflite import TFLiteRunner
+from tf_bignas.run import card as card_lib
 
 CSV_NAME = "benchmark_host.csv"
 CSV_FIELDS = (

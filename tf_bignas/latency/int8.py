@@ -30,9 +30,9 @@ from tf_bignas.export import tflite as export_tflite
 from tf_bignas.model import BNStatsStore, Supernet
 from tf_bignas.model.bn_stats import BNStats
 from tf_bignas.model.slicing import extract_child
+from tf_bignas.run.evaluator import Accuracy, ChildEvaluator
+from tf_bignas.run.workdir import Workdir
 from tf_bignas.space import ArchConfig
-from tf_bignas.train.calibration import Accuracy, ChildEvaluator
-from tf_bignas.train.workdir import Workdir
 
 RANK_FLOAT = "float"
 RANK_INT8 = "int8"

@@ -1,7 +1,7 @@
 """Calibrated BN statistics per child, saved and loaded as one `.npz` file.
 
 Batch norm in the supernet keeps no running averages during training; each
-child gets its own statistics by re-calibration (`tf_bignas.train.calibration`),
+child gets its own statistics by re-calibration (`tf_bignas.run.evaluator`),
 and this store keeps them keyed by the child's arch (resolution included).
 """
 

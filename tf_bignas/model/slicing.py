@@ -209,7 +209,7 @@ def extract_child(
             raise UncalibratedChildError(
                 f"child {arch.to_paper_notation()!r} has no calibrated BN statistics "
                 f"({len(supernet.bn_stats)} children are calibrated): calibrate it first "
-                "(tf_bignas.train.calibration.ChildEvaluator.calibrate, or the search, which "
+                "(tf_bignas.run.evaluator.ChildEvaluator.calibrate, or the search, which "
                 "calibrates every child it evaluates), pass bn_stats, or "
                 "allow_uncalibrated=True to use the BN statistics as they are"
             )

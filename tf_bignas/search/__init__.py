@@ -22,6 +22,7 @@ May import: `tf_bignas.common`, `tf_bignas.space`, `tf_bignas.model`,
 `tf_bignas.latency`: latency costs are passed in as functions).
 """
 
+from tf_bignas.run.evaluations import ResultsFileError
 from tf_bignas.search.config import default_search_config, resolve_search_config
 from tf_bignas.search.costs import (
     BUDGET_KINDS,
@@ -30,7 +31,6 @@ from tf_bignas.search.costs import (
     FunctionCost,
     parse_budgets,
 )
-from tf_bignas.search.results import ResultsFileError
 from tf_bignas.search.runner import SearchOutcome, run_search
 
 __all__ = [

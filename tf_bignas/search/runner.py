@@ -41,6 +41,9 @@ import ml_collections
 
 from tf_bignas.common.files import atomic_write_bytes, atomic_write_json
 from tf_bignas.model import BNStatsStore
+from tf_bignas.run.evaluations import EvaluationLog, record_key
+from tf_bignas.run.evaluator import ChildEvaluator
+from tf_bignas.run.workdir import Workdir, WorkdirError
 from tf_bignas.search import methods as methods_lib
 from tf_bignas.search import plot as plot_lib
 from tf_bignas.search import report as report_lib
@@ -54,11 +57,8 @@ from tf_bignas.search.costs import (
     cost_models,
     cost_range,
 )
-from tf_bignas.search.results import EvaluationLog, record_key
 from tf_bignas.search.scoring import ChildScorer
 from tf_bignas.space import ArchConfig
-from tf_bignas.train.calibration import ChildEvaluator
-from tf_bignas.train.workdir import Workdir, WorkdirError
 
 SEARCH_FOLDER = "search"
 LARGEST = "largest"

@@ -32,10 +32,10 @@ import tensorflow as tf
 
 from tf_bignas import data as data_lib
 from tf_bignas.model import BNStatsStore
+from tf_bignas.run.config import minival_size
+from tf_bignas.run.evaluator import Accuracy, ChildEvaluator
+from tf_bignas.run.workdir import Workdir
 from tf_bignas.space import ArchConfig
-from tf_bignas.train.calibration import Accuracy, ChildEvaluator
-from tf_bignas.train.config import minival_size
-from tf_bignas.train.workdir import Workdir
 
 MINIVAL = "minival"
 TRAIN = "train"
@@ -75,7 +75,7 @@ class ChildScorer:
     """Calibrates and scores children of one trained run.
 
     Args:
-        wd: The trained run (`tf_bignas.train.workdir.open_workdir`).
+        wd: The trained run (`tf_bignas.run.workdir.open_workdir`).
         config: The resolved search config (batch size and calibration
             sample filled in from the run's training config).
         evaluator: A `ChildEvaluator` of `wd.supernet` to reuse (its compiled

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+from tf_bignas.run.config import STRATEGIES
 
 # What a collective operation raises when a peer worker died or cannot be reached.
 PEER_ERRORS = (

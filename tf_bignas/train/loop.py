@@ -10,7 +10,7 @@ drawn from (seed, step), dropout is stateless on (seed, step), and the data
 order and augmentation are restored with the iterator.
 
 Before it writes anything, a run checks every option, the workdir path and
-the data (`tf_bignas.train.validation`), takes the workdir's lock, and
+the data (`tf_bignas.run.validation`), takes the workdir's lock, and
 compares itself with the run the workdir holds (`tf_bignas.train.integrity`):
 a different run is refused, never mixed in. A checkpoint is written only from
 a healthy state (finite losses, finite optimizer state, finite and bounded
@@ -41,18 +41,20 @@ import tensorflow as tf
 
 from tf_bignas import data as data_lib
 from tf_bignas.common.files import atomic_write_json
+from tf_bignas.run import lock
+from tf_bignas.run import record as run_record_lib
+from tf_bignas.run import workdir as wd
+from tf_bignas.run.config import build_space, build_supernet, minival_size, validate_config
+from tf_bignas.run.evaluator import Accuracy, ChildEvaluator
+from tf_bignas.run.validation import (
+    validate_dataset,
+    validate_max_steps,
+    validate_options,
+    validate_workdir_path,
+)
 from tf_bignas.space import SearchSpace
 from tf_bignas.train import integrity
-from tf_bignas.train import workdir as wd
-from tf_bignas.train.calibration import Accuracy, ChildEvaluator
-from tf_bignas.train.config import (
-    build_optimizer,
-    build_schedule,
-    build_space,
-    build_supernet,
-    minival_size,
-    validate_config,
-)
+from tf_bignas.train.config import build_optimizer, build_schedule
 from tf_bignas.train.distribute import (
     PEER_ERRORS,
     WorkerFailureError,
@@ -62,12 +64,6 @@ from tf_bignas.train.distribute import (
 )
 from tf_bignas.train.optimizers import ema_weights
 from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
-from tf_bignas.train.validation import (
-    validate_dataset,
-    validate_max_steps,
-    validate_options,
-    validate_workdir_path,
-)
 
 CHILD_NAMES = ("largest", "smallest")  # the first two children of every step
 TRAIN_SAMPLE = "train_sample"  # the key of the training images scored at evaluations
@@ -128,8 +124,8 @@ def train(
         NonFiniteLossError: If a loss, gradient or weight becomes non-finite or
             unbounded (the last good checkpoint is kept).
         ValueError: On invalid options, paths or data (named in the message),
-            before anything is written; `integrity.ResumeMismatchError` if the
-            workdir holds another run, `integrity.WorkdirBusyError` if another
+            before anything is written; `run_record_lib.ResumeMismatchError` if the
+            workdir holds another run, `lock.WorkdirBusyError` if another
             run holds its lock, `WorkdirError` for checkpoints it cannot resume.
     """
     validate_options(config)
@@ -148,17 +144,17 @@ def train(
     validate_dataset(d.source, d.train_split, info.num_classes, info.num_examples)
     if d.eval_split != d.train_split:
         data_lib.dataset_info(d.source, d.eval_split, **kwargs)  # exists, readable
-    record = integrity.run_record(config, space.to_dict(), info.num_classes)
+    record = run_record_lib.run_record(config, space.to_dict(), info.num_classes)
     ckpt_dir = os.path.join(workdir, wd.CHECKPOINT_DIR)
-    integrity.check_resume(workdir, record)  # refuse early, before taking the lock
+    run_record_lib.check_resume(workdir, record)  # refuse early, before taking the lock
     integrity.check_checkpoint_files(ckpt_dir)
     role = worker_role(strategy)
     if not role.is_chief:
         return _train_worker(config, workdir, space, info, max_steps, strategy, log, role)
-    with integrity.locked(workdir, log):
-        integrity.check_resume(workdir, record)  # again, now that no one else writes
+    with lock.locked(workdir, log):
+        run_record_lib.check_resume(workdir, record)  # again, now that no one else writes
         integrity.check_checkpoint_files(ckpt_dir)
-        integrity.write_record(workdir, record, config)
+        run_record_lib.write_record(workdir, record, config)
         return _train_locked(config, workdir, space, info, max_steps, strategy, log, role=role)
 
 

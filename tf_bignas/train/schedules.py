@@ -26,8 +26,8 @@ import math
 import keras
 import tensorflow as tf
 
-KINDS = ("exponential", "cosine")
-DECAY_FROM = ("step0", "warmup_end")
+from tf_bignas.run.config import DECAY_FROM
+from tf_bignas.run.config import SCHEDULE_KINDS as KINDS
 
 
 def scaled_learning_rate(base_lr: float, batch_size: int, reference_batch: int = 4096) -> float:

@@ -25,9 +25,9 @@ from typing import Any
 import ml_collections
 
 from tf_bignas.data.augment import AUGMENT_NAMES
+from tf_bignas.run.config import DECAY_FROM, STRATEGIES
+from tf_bignas.run.config import SCHEDULE_KINDS as KINDS
 from tf_bignas.space import space_names
-from tf_bignas.train.distribute import STRATEGIES
-from tf_bignas.train.schedules import DECAY_FROM, KINDS
 
 
 class ConfigError(ValueError):

@@ -37,8 +37,8 @@ import tensorflow as tf
 from tf_bignas import data as data_lib
 from tf_bignas.common.files import atomic_write_json
 from tf_bignas.model import BNStatsStore, Supernet
+from tf_bignas.run.config import build_space, default_config, minival_size
 from tf_bignas.space import SearchSpace
-from tf_bignas.train.config import build_space, default_config, minival_size
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
@@ -254,7 +254,7 @@ def open_workdir(path: str, *, allow_unfinished: bool = False) -> Workdir:
         with open(spec_path, encoding="utf-8") as f:
             net = Supernet.from_config(json.load(f))
     else:  # A workdir from before model.json: rebuild what the run built.
-        from tf_bignas.train.config import build_supernet
+        from tf_bignas.run.config import build_supernet
 
         d = config.data
         info = data_lib.dataset_info(
