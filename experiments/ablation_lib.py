@@ -29,6 +29,11 @@ VARIANTS = types.MappingProxyType(
         "regularize_all": {"sandwich.regularize_all_children": "True"},
         "hard_labels": {"sandwich.inplace_distillation": "False"},
         "independent_patch": {"data.shared_patch": "False"},
+        # Not the paper's: distillation for short budgets (the teacher is weak
+        # early). Labels first, the teacher's share rising to 1 by half-way;
+        # or half teacher, half labels throughout.
+        "distill_ramp": {"sandwich.distill_ramp": "0.5"},
+        "distill_mix": {"sandwich.distill_weight": "0.5"},
         "hard_labels_independent_patch": {
             "sandwich.inplace_distillation": "False",
             "data.shared_patch": "False",

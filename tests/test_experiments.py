@@ -22,6 +22,7 @@ def test_every_variant_is_one_valid_switch_of_the_base_config():
     assert ablations.run_flags("full", ["train.epochs=1"], 0.2) == ["--config.train.epochs=1"]
     assert ablations.run_flags("he_init_lr30", [], 0.2) == [
         "--config.model.zero_init_last_bn=False",
+        "--config.model.stage_shortcuts=False",
         "--config.optimizer.base_lr=0.06",
     ]
     for variant in ablations.VARIANTS:

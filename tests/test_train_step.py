@@ -102,6 +102,30 @@ def test_children_learn_only_from_the_largest_childs_soft_labels(space, batches,
     assert frozen[1].tracing_count == 1  # options are tensors: no retrace
 
 
+def test_distill_weight_and_ramp_mix_teacher_and_labels_linearly(space, batches, frozen):
+    """Cross entropy is linear in the target: a mixed target gives the mixed loss."""
+    net, step = frozen
+    opts = SandwichOptions(weight_decay=0.0)
+    children = sample_children(net, 0, opts)
+
+    def losses(options, at):
+        step.options = options
+        return step(batches[0], children, at)["losses"]
+
+    teacher = losses(opts, 0)
+    labels = losses(dataclasses.replace(opts, inplace_distillation=False), 0)
+    assert np.all(np.abs(teacher[1:] - labels[1:]) > 1e-3)
+    half = losses(dataclasses.replace(opts, distill_weight=0.5), 0)
+    np.testing.assert_allclose(half[1:], 0.5 * teacher[1:] + 0.5 * labels[1:], rtol=1e-4)
+    # Ramp over 4 steps: at step 0 the teacher's share is 1/4; from step 3 on, all of it.
+    ramp = dataclasses.replace(opts, distill_ramp_steps=4)
+    np.testing.assert_allclose(
+        losses(ramp, 0)[1:], 0.25 * teacher[1:] + 0.75 * labels[1:], rtol=1e-4
+    )
+    np.testing.assert_allclose(losses(ramp, 3)[1:], losses(opts, 3)[1:], rtol=1e-5)
+    np.testing.assert_allclose(teacher[0], half[0], rtol=1e-6)  # the largest: labels always
+
+
 def test_dropout_on_the_largest_child_only_unless_switched(batches, frozen):
     net = frozen[0]
     base = SandwichOptions(inplace_distillation=False, weight_decay=0.0)

@@ -174,12 +174,12 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lock(run_copy):
 
 
 def test_a_lock_naming_another_host_is_not_taken_over(run_copy):
-    lock = run_copy / "run.lock"
-    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "2020-01-01"}))
+    lock_file = run_copy / "run.lock"
+    lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "2020-01-01"}))
     with pytest.raises(lock.WorkdirBusyError, match="cannot be checked") as e:
         train(_config(), str(run_copy), max_steps=2, log=lambda line: None)
-    assert f"delete {lock}" in str(e.value)
-    assert json.loads(lock.read_text())["host"] == "elsewhere"
+    assert f"delete {lock_file}" in str(e.value)
+    assert json.loads(lock_file.read_text())["host"] == "elsewhere"
 
 
 def test_remote_lock_is_exclusive_and_released():

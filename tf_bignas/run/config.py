@@ -70,6 +70,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.sandwich = ml_collections.ConfigDict()
     c.sandwich.num_random = 2
     c.sandwich.inplace_distillation = True
+    # The teacher's share of the children's targets (the rest: the smoothed
+    # labels), reached after `distill_ramp` of training, rising linearly from 0.
+    # 1.0 and 0.0 are the paper's inplace distillation (experiments/RESULTS.md
+    # measures the alternatives for short budgets).
+    c.sandwich.distill_weight = 1.0
+    c.sandwich.distill_ramp = 0.0
     c.sandwich.label_smoothing = 0.1
     c.sandwich.weight_decay = 1e-5
     c.sandwich.regularize_all_children = False

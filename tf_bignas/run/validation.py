@@ -188,6 +188,8 @@ def option_rules() -> dict[str, Rule]:
         # sandwich
         "sandwich.num_random": _int(0),
         "sandwich.inplace_distillation": boolean,
+        "sandwich.distill_weight": _float(0.0, 1.0),
+        "sandwich.distill_ramp": _float(0.0, 1.0, note="a fraction of the training steps"),
         "sandwich.label_smoothing": fraction,
         "sandwich.weight_decay": _float(0.0),
         "sandwich.regularize_all_children": boolean,

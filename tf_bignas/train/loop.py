@@ -232,6 +232,8 @@ def _train_locked(
     options = SandwichOptions(
         num_random=config.sandwich.num_random,
         inplace_distillation=config.sandwich.inplace_distillation,
+        distill_weight=config.sandwich.distill_weight,
+        distill_ramp_steps=int(round(config.sandwich.distill_ramp * total_steps)),
         label_smoothing=config.sandwich.label_smoothing,
         weight_decay=config.sandwich.weight_decay,
         regularize_all_children=config.sandwich.regularize_all_children,

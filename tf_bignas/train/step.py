@@ -13,7 +13,10 @@ One step, on one batch of shared patches (see `tf_bignas.data`):
 
 Switches give the paper's ablations: `inplace_distillation=False` (every
 child learns from the labels), `regularize_all_children=True` (dropout and
-weight decay on every child instead of the largest only).
+weight decay on every child instead of the largest only). Two more, for short
+budgets, where the teacher is weak for much of training: `distill_weight`
+(children's targets mix the teacher with the labels) and `distill_ramp_steps`
+(the teacher's share rises from 0 over the first steps).
 
 Children are drawn from a stateless generator keyed on (seed, step)
 (`ChildSampler`): every replica and every host draws the same children, and a
@@ -62,6 +65,11 @@ class SandwichOptions:
     Attributes:
         num_random: Random children per step (N; the paper uses 2).
         inplace_distillation: Children learn from the largest child's soft labels.
+        distill_weight: The teacher's share of the children's targets (the rest
+            is the smoothed labels); 1.0 is the paper's inplace distillation.
+        distill_ramp_steps: Steps over which that share rises linearly from 0
+            to `distill_weight` (labels first, the teacher once it has
+            learnt something); 0 = from the first step, as in the paper.
         label_smoothing: Label smoothing of the largest child's loss.
         weight_decay: L2 weight decay (on conv and dense kernels), once per step.
         regularize_all_children: Dropout and weight decay on every child.
@@ -70,6 +78,8 @@ class SandwichOptions:
 
     num_random: int = 2
     inplace_distillation: bool = True
+    distill_weight: float = 1.0
+    distill_ramp_steps: int = 0
     label_smoothing: float = 0.1
     weight_decay: float = 1e-5
     regularize_all_children: bool = False
@@ -494,7 +504,8 @@ class SandwichStep:
         regularized = [1.0] + [1.0 if opts.regularize_all_children else 0.0] * (num_children - 1)
         per_step = num_children if opts.regularize_all_children else 1
         return {
-            "distill": np.float32(1.0 if opts.inplace_distillation else 0.0),
+            "distill": np.float32(opts.distill_weight if opts.inplace_distillation else 0.0),
+            "distill_ramp_steps": np.float32(opts.distill_ramp_steps),
             "label_smoothing": np.float32(opts.label_smoothing),
             "dropout": np.asarray(regularized, np.float32),
             "weight_decay": np.float32(opts.weight_decay * per_step),
@@ -580,10 +591,14 @@ class SandwichStep:
             ]
             return tf.switch_case(index, branches)
 
+        # The teacher's share of the children's targets at this step (ramped).
+        ramp = (tf.cast(step, tf.float32) + 1.0) / tf.maximum(knobs["distill_ramp_steps"], 1.0)
+        distill = knobs["distill"] * tf.minimum(1.0, ramp)
+
         def soft_labels(teacher_logits):
             """The targets of the other children: the teacher's predictions (or the labels)."""
             teacher = tf.stop_gradient(tf.nn.softmax(teacher_logits))
-            return knobs["distill"] * teacher + (1.0 - knobs["distill"]) * smooth
+            return distill * teacher + (1.0 - distill) * smooth
 
         if self.unrolled:
             # 1. The largest child on the labels; 2. the others on its soft labels.
