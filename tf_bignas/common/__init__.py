@@ -1,4 +1,4 @@
-"""Helpers every stage shares: atomic file writes.
+"""Helpers every stage shares: atomic file writes, one file digest, safe text.
 
 May import: the standard library only.
 """

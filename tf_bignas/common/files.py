@@ -9,6 +9,7 @@ mix. They get the same mode as any file the process creates with `open()`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -50,3 +51,39 @@ def atomic_write_json(path: str, value: Any) -> None:
         value: A JSON-able value.
     """
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def sha256_path(path: str, length: int = 16) -> str:
+    """The SHA-256 of a file, or of a folder's files (relative names and contents), in hex.
+
+    The one digest of the project: model cards, benchmark CSVs, the latency
+    table and the workdir record all store it, so a file can be checked
+    against any of them.
+
+    Args:
+        path: A file or a folder.
+        length: Hex digits kept (16 by default, as every record stores).
+
+    Returns:
+        The hex digest, truncated to `length`.
+
+    Raises:
+        OSError: If `path` cannot be read.
+    """
+    h = hashlib.sha256()
+    if os.path.isdir(path):
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            for n in sorted(names):
+                full = os.path.join(root, n)
+                h.update(os.path.relpath(full, path).encode() + b"\0")
+                _hash_file(h, full)
+    else:
+        _hash_file(h, path)
+    return h.hexdigest()[:length]
+
+
+def _hash_file(h: Any, path: str) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)

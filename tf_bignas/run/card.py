@@ -2,9 +2,21 @@
 
 Each child folder holds `model_card.json` and `model_card.md` (the same facts
 for people). The card is written last, so an export folder without a card
-is unfinished. The host benchmark (and the Android one) add measured
-latencies under "latency" -> target ("host", "android:SERIAL") -> format;
-`write_card` re-renders the Markdown whenever the JSON changes.
+is unfinished. `write_card` re-renders the Markdown whenever the JSON changes.
+
+Verified files: the export records each file's sha256 (`sha256_path`) in the
+card once it has checked the file; every consumer of an exported file (the
+benchmarks, the chain) opens it through `verified_file`, which refuses a file
+whose digest differs from the card's, naming it.
+
+Latency: `card["latency"]` is a list of entries, one per measurement setting,
+keyed by `LATENCY_KEY` (target, device model, threads, delegate, format);
+`put_latency` replaces the entry with the same key and keeps every other
+one, so a 4-thread or GPU run never overwrites the 1-thread CPU one. Every
+entry holds the same statistics (`LATENCY_STATS`: mean, median and 90th
+percentile in ms; `None` where the tool gives no such figure) and
+`memory_mb` where the tool measures it. Cards written before this layout
+(a dict target -> format -> entry) are read by `latency_entries`.
 """
 
 from __future__ import annotations
@@ -13,10 +25,113 @@ import json
 import os
 from typing import Any
 
-from tf_bignas.common.files import atomic_write_bytes, atomic_write_json
+from tf_bignas.common.files import atomic_write_bytes, atomic_write_json, sha256_path
 
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
+LATENCY_KEY = ("target", "device", "threads", "delegate", "format")
+LATENCY_STATS = ("mean_ms", "median_ms", "p90_ms")
+
+
+class FileDigestError(ValueError):
+    """An exported file is not the one its card verified (changed, swapped or unverified)."""
+
+
+def verified_file(folder: str, fmt: str, card: dict[str, Any] | None = None) -> str:
+    """The path of the `fmt` file of a child folder, once its sha256 matches the card's.
+
+    Args:
+        folder: The child's export folder (with `model_card.json`).
+        fmt: The file's key in the card ("fp32", "int8", "keras", ...).
+        card: The card, if already read.
+
+    Returns:
+        The file's path.
+
+    Raises:
+        FileDigestError: No card, the card lists no such file, the file is
+            missing, or its digest differs from the verified one; the message
+            names the file and both digests.
+    """
+    card = card if card is not None else read_card(folder)
+    card_path = os.path.join(folder, CARD_JSON)
+    if card is None:
+        raise FileDigestError(
+            f"{card_path} is missing or unreadable: the files of {folder} are unverified "
+            "(export them again with tools.export)"
+        )
+    entry = card.get("files", {}).get(fmt)
+    if not isinstance(entry, dict) or "sha256" not in entry:
+        allowed = ", ".join(sorted(card.get("files", {}))) or "none"
+        raise FileDigestError(f"{card_path} lists no verified {fmt!r} file (it lists: {allowed})")
+    path = os.path.join(folder, entry["file"])
+    if not os.path.exists(path):
+        raise FileDigestError(f"{path} is missing (listed in {card_path})")
+    digest = sha256_path(path)
+    if digest != entry["sha256"]:
+        raise FileDigestError(
+            f"{path} has sha256 {digest}, not the {entry['sha256']} that {card_path} verified: "
+            "the file changed after export; export again (tools.export) or restore it"
+        )
+    return path
+
+
+def latency_entries(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The card's latency entries as a list (cards of the older nested layout converted).
+
+    Args:
+        card: The JSON card.
+
+    Returns:
+        The entries, each with the `LATENCY_KEY` fields.
+    """
+    latency = card.get("latency") or []
+    if isinstance(latency, list):
+        return [e for e in latency if isinstance(e, dict)]
+    out = []
+    for target, entries in latency.items():  # the old layout: target -> format -> entry
+        kind, _, device = str(target).partition(":")
+        for fmt, e in (entries or {}).items():
+            stats = {k: e.get(k) for k in LATENCY_STATS}
+            if stats["mean_ms"] is None and "avg_ms" in e:
+                stats["mean_ms"] = e["avg_ms"]
+            out.append(
+                {
+                    "target": kind,
+                    "device": e.get("device_model") or device or "unknown",
+                    "threads": e.get("threads", e.get("num_threads")),
+                    "delegate": e.get("delegate") or "unknown",
+                    "format": fmt,
+                    **e,
+                    **stats,
+                }
+            )
+    return out
+
+
+def put_latency(card: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Adds a latency entry to the card, replacing the one with the same setting.
+
+    Args:
+        card: The JSON card (changed in place; `latency` becomes a list).
+        entry: The measurement: every `LATENCY_KEY` field, every
+            `LATENCY_STATS` field (None where not measured), `memory_mb`
+            (None where not measured) and whatever else the tool records.
+
+    Raises:
+        ValueError: If a key or statistic field is missing.
+    """
+    missing = [k for k in (*LATENCY_KEY, *LATENCY_STATS, "memory_mb") if k not in entry]
+    if missing:
+        raise ValueError(f"latency entry lacks {missing}; it needs {LATENCY_KEY + LATENCY_STATS}")
+    key = tuple(entry[k] for k in LATENCY_KEY)
+    kept = [e for e in latency_entries(card) if tuple(e.get(k) for k in LATENCY_KEY) != key]
+    card["latency"] = [*kept, dict(entry)]
+
+
+def find_latency(card: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
+    """The latency entries whose fields equal `match` (e.g. target="host", format="int8")."""
+    return [e for e in latency_entries(card) if all(e.get(k) == v for k, v in match.items())]
 
 
 def read_card(folder: str) -> dict[str, Any] | None:

@@ -72,15 +72,22 @@ class WorkdirLock:
     Args:
         workdir: The workdir (created if missing when the lock is taken).
         log: Where a note about a stale lock goes.
+        reentrant: A lock this process already holds is taken again as a
+            no-op (a stage run inside another, as the chain does) instead of
+            refused.
     """
 
-    def __init__(self, workdir: str, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, workdir: str, log: Callable[[str], None] = print, reentrant: bool = False
+    ) -> None:
         self.workdir = workdir
+        self.reentrant = reentrant
         self.path = os.path.join(workdir, wd.LOCK_FILE)
         self.log = log
         self._fd: int | None = None
         self._held = False
         self._created_dir = False
+        self._nested = False
         self._token = uuid.uuid4().hex
 
     def _holder(self) -> dict[str, Any]:
@@ -149,7 +156,13 @@ class WorkdirLock:
                 os.close(fd)
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise
-                raise self._busy(self._read(), " (it holds the lock file)") from None
+                holder = self._read()
+                if self.reentrant and _is_this_process(
+                    holder
+                ):  # a stage inside a stage (the chain): nested
+                    self._nested = True
+                    return
+                raise self._busy(holder, " (it holds the lock file)") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -192,6 +205,9 @@ class WorkdirLock:
         tf.io.gfile.makedirs(self.workdir)
         if tf.io.gfile.exists(self.path):
             previous = self._read()
+            if self.reentrant and _is_this_process(previous):
+                self._nested = True
+                return
             same_host = previous.get("host") == socket.gethostname()
             if not same_host or _pid_alive(int(previous.get("pid", -1))):
                 raise self._busy(
@@ -213,6 +229,9 @@ class WorkdirLock:
         if not self._held:
             return
         self._held = False
+        if self._nested:  # the outer holder releases it
+            self._nested = False
+            return
         if is_remote(self.workdir):
             if self._read().get("token") == self._token:
                 with contextlib.suppress(tf.errors.OpError):
@@ -226,6 +245,50 @@ class WorkdirLock:
         if self._created_dir:
             with contextlib.suppress(OSError):
                 os.rmdir(self.workdir)  # only if empty
+
+
+def _is_this_process(holder: Mapping[str, Any]) -> bool:
+    return holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
+
+
+def enclosing_workdir(path: str) -> str:
+    """The workdir that holds `path` (the nearest folder up with a run record), else `path`.
+
+    Args:
+        path: A workdir, or a folder or file inside one (an export folder, a
+            latency table), or a standalone folder.
+
+    Returns:
+        The workdir to lock (a standalone folder locks itself).
+    """
+    folder = (
+        os.path.dirname(path) if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path) else path
+    )
+    here = folder if is_remote(folder) else os.path.abspath(folder)
+    probe = here
+    while True:
+        if any(tf.io.gfile.exists(os.path.join(probe, n)) for n in (wd.RUN_FILE, wd.CONFIG_FILE)):
+            return probe
+        parent = os.path.dirname(probe)
+        if not parent or parent == probe:
+            return here
+        probe = parent
+
+
+@contextlib.contextmanager
+def locked_for(path: str, log: Callable[[str], None] = print) -> Iterator[WorkdirLock]:
+    """`with locked_for(export_dir): ...` holds the lock of the workdir holding `path`.
+
+    The stages after training (search, export, the benchmarks, the latency
+    table) write into a workdir through this; a process already holding that
+    lock (the chain) takes it again as a no-op.
+    """
+    lock = WorkdirLock(enclosing_workdir(path), log, reentrant=True)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ RESULTS_FILE = "results.json"
 WEIGHTS_FILE = "supernet.weights.h5"
 BN_STATS_FILE = "bn_stats.npz"
 CHECKPOINT_DIR = "checkpoints"
-RUN_FILE = "run.json"  # what the workdir holds (see tf_bignas.train.integrity)
+RUN_FILE = "run.json"  # what the workdir holds (see tf_bignas.run.record)
 LOCK_FILE = "run.lock"  # held by the run writing the workdir
 
 
