@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -275,3 +276,18 @@ def test_folder_decode_checks_are_cached(image_folder, tmp_path, monkeypatch):
     assert sorted(s.path for s in third.skipped) == sorted(
         [str(root / "train" / "seven" / "truncated.jpg"), str(damaged)]
     )
+
+
+def test_a_folder_name_that_is_not_utf8_is_named_in_the_error(tmp_path):
+    image = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+    root = bytes(tmp_path / "data") + b"/train/"
+    for name in (b"ok", b"\xffbad"):
+        os.makedirs(root + name, exist_ok=True)
+        with open(root + name + b"/a.png", "wb") as f:
+            f.write(image)
+    src = sources.open_source(f"folder:{tmp_path / 'data'}")
+    with pytest.raises(sources.DataSourceError) as e:
+        src.class_names()
+    message = str(e.value)
+    assert f"folder '{tmp_path / 'data' / 'train'}'" in message
+    assert "b'\\xffbad'" in message and "must be UTF-8" in message

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tf_bignas.export import tflite as tflite_lib
 from tf_bignas.export.errors import ExportError, UnsupportedOpError
 from tf_bignas.model import cost as cost_lib
 from tf_bignas.model.slicing import build_child_model, extract_child
+from tf_bignas.run import card as card_lib
 from tf_bignas.run.workdir import open_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -258,7 +260,8 @@ def test_interrupted_export_leaves_no_complete_looking_folder_and_resumes(
     assert runner.input["quantization"] == (1.0, -128)
     assert result.card["input_contract"]["files"]["int8"]["input"]["dtype"] == "int8"
     # Latencies measured before stay for the files kept, not for the new int8 file.
-    assert set(result.card["latency"]["host"]) == {"fp32", "fp16", "built_reference_fp32"}
+    kept = {e["format"] for e in card_lib.find_latency(result.card, target="host")}
+    assert kept == {"fp32", "fp16", "built_reference_fp32"}
 
     calls.clear()
     again = export_lib.export_child(workdir, exported.child, out, options, **QUIET)
@@ -385,17 +388,24 @@ def test_host_benchmark_fills_cards_and_csv(exported, tmp_path):
     assert set(child.timings) == formats
     with open(os.path.join(folder, "model_card.json")) as f:
         card = json.load(f)
-    host = card["latency"]["host"]
-    assert set(host) == formats
+    host = {e["format"]: e for e in card_lib.find_latency(card, target="host")}
+    assert set(host) == formats and len(card["latency"]) == len(formats)
+    device = host_benchmark.host_device()
     for fmt, entry in host.items():
         assert 0 < entry["min_ms"] <= entry["median_ms"] <= entry["p90_ms"], fmt
-        assert entry["runs"] == 5 and entry["threads"] == 1
+        assert entry["min_ms"] <= entry["mean_ms"], fmt
+        assert entry["runs"] == 5 and entry["threads"] == 1 and entry["device"] == device
+        assert entry["delegate"] == ("tensorflow" if fmt == "keras" else "xnnpack")
     assert host["int8"]["sha256"] == card["files"]["int8"]["sha256"]
     assert child.ratio("int8") == pytest.approx(
         host["int8"]["median_ms"] / host["fp32"]["median_ms"]
     )
     with open(os.path.join(folder, "model_card.md")) as f:
         assert f"{host['fp32']['median_ms']:.3f}" in f.read()
+    # Two thread counts: two entries per format, neither overwrites the other.
+    host_benchmark.benchmark_models(folder, threads=2, runs=2, warmup=1, keras=False, **QUIET)
+    card = card_lib.read_card(folder)
+    assert {e["threads"] for e in card_lib.find_latency(card, format="int8")} == {1, 2}
     with open(report.csv_path) as f:
         rows = list(csv.DictReader(f))
     assert {r["format"] for r in rows} == formats and {r["child"] for r in rows} == {"smallest"}
@@ -415,3 +425,76 @@ def test_host_benchmark_fills_cards_and_csv(exported, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .tflite file"):
         host_benchmark.benchmark_models(str(tmp_path / "empty"), **QUIET)
+
+
+def test_a_swapped_file_is_refused_by_every_consumer_naming_it(exported, tmp_path):
+    """An fp32 file put in the int8 file's place: not timed as int8, one line, exit 2."""
+    out = str(tmp_path / "out")
+    shutil.copytree(os.path.dirname(exported.folder), out)
+    folder = os.path.join(out, exported.child.name)
+    int8 = os.path.join(folder, "model_int8.tflite")
+    shutil.copyfile(os.path.join(folder, "model_fp32.tflite"), int8)
+    before = card_lib.read_card(folder)
+    with pytest.raises(card_lib.FileDigestError, match="model_int8.tflite has sha256"):
+        host_benchmark.benchmark_models(out, runs=2, warmup=1, keras=False, **QUIET)
+    assert card_lib.read_card(folder) == before  # nothing timed, nothing written
+    assert not os.path.exists(os.path.join(out, host_benchmark.CSV_NAME))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.benchmark", f"--models={out}", "--runs=2", "--nokeras"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "error: " in last and int8 in last and "verified" in last
+    assert "Traceback" not in proc.stderr
+    # Not a TFLite file at all, in a folder without a card: the error names it.
+    (tmp_path / "plain").mkdir()
+    bogus = tmp_path / "plain" / "model_fp32.tflite"
+    bogus.write_bytes(b"not a flatbuffer")
+    with pytest.raises(ValueError, match=f"{bogus} is not a TFLite model"):
+        host_benchmark.benchmark_models(str(tmp_path / "plain"), runs=2, keras=False, **QUIET)
+
+
+def test_card_names_classes_use_limits_and_how_to_reproduce(exported):
+    folder, card = exported.folder, exported.card
+    names = [str(i) for i in range(10)]  # the digits' class folders
+    assert card["class_names"] == names and card["labels_file"] == "labels.txt"
+    with open(os.path.join(folder, "labels.txt")) as f:
+        assert f.read().splitlines() == names
+    for q in ("fp32", "fp16", "int8"):
+        with open(os.path.join(folder, f"model_{q}.tflite"), "rb") as f:
+            meta = tflite_lib.read_metadata(f.read())
+        assert meta[tflite_lib.METADATA_LABELS].decode().splitlines() == names, q
+        contract = json.loads(meta[tflite_lib.METADATA_CONTRACT])
+        assert contract["resolution"] == 16 and contract["normalization_folded"], q
+        assert contract["normalization"]["mean"] == list(DEFAULT_NORMALIZATION.mean), q
+    assert "10 classes of labels.txt" in card["intended_use"]
+    assert any("no 'none of these' class" in x for x in card["limitations"])
+    prov = card["provenance"]
+    assert prov["git_commit"] is None or len(prov["git_commit"]) == 40
+    assert "train_command" in prov and "export_command" in prov
+    with open(os.path.join(folder, "model_card.md")) as f:
+        md = f.read()
+    for heading in ("## Intended use", "## Limitations", "## Classes", "## Provenance"):
+        assert heading in md, heading
+    assert "9\\. 9" not in md and "9. 9" in md
+
+
+def test_card_markdown_escapes_text_from_files_and_folders(exported):
+    card = json.loads(json.dumps(exported.card))
+    evil = "a`b<img src=x onerror=alert(1)>|c"
+    card["provenance"]["workdir"] = evil
+    card["class_names"][0] = "<script>x</script>"
+    card["latency"] = [
+        {"target": "android", "device": "Pixel\x1b[31m <b>", "threads": 4, "delegate": "gpu",
+         "format": "int8", "mean_ms": 1.0, "median_ms": None, "p90_ms": None, "memory_mb": 3.5}
+    ]  # fmt: skip
+    md = card_lib.card_markdown(card)
+    outside_code = re.sub(r"(`+)(?:(?!\1).)*\1", "", md)  # drop code spans
+    assert (
+        "<img" not in outside_code and "<script>" not in outside_code and "<b>" not in outside_code
+    )
+    assert "\x1b" not in md
+    assert "``a`b<img src=x onerror=alert(1)>\u2502c``" in md  # shown as text, in code
+    assert "| android | Pixel\\[31m \\<b\\> | 4 | gpu | int8 | 1.000 | - | - | 3.5 |" in md

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from tf_bignas.train.optimizers import RMSpropTF, ema_weights
+from tf_bignas.run.optimizers import RMSpropTF, ema_weights
 from tf_bignas.train.schedules import BigNASSchedule, scaled_learning_rate
 
 

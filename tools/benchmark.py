@@ -3,9 +3,12 @@
     python -m tools.benchmark --models=WORKDIR/export --threads=1 --runs=200 --warmup=20
 
 Every `.tflite` file under --models (and each child's `child.keras`) runs
-batch-1 invocations, the files of one child in turn; the median and 90th
-percentile go into each `model_card.json` ("latency" -> "host") and into
-`benchmark_host.csv` in --models. Printed beside the times: the ratio to the
+batch-1 invocations, the files of one child in turn; the mean, median and
+90th percentile go into each `model_card.json` (a latency entry for target
+"host", this CPU, the threads, delegate and format) and into
+`benchmark_host.csv` in --models. A file whose sha256 differs from the one
+its card verified stops the run before anything is timed (one line naming
+the file, exit status 2). Printed beside the times: the ratio to the
 child's fp32 file (int8/fp32, fp16/fp32, keras/fp32) and the sliced/built
 fp32 ratio, with a float32 matmul rate as the machine's reference.
 """

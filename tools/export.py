@@ -17,11 +17,13 @@ interrupted export and skips what is done. Time the files with
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's C++ INFO lines quiet
 
 from absl import flags, logging  # noqa: E402
 
+from tf_bignas.common.text import command_line  # noqa: E402
 from tf_bignas.export import ExportOptions, export_children, resolve_children  # noqa: E402
 from tf_bignas.export.export_lib import Thresholds  # noqa: E402
 from tf_bignas.run.workdir import open_workdir  # noqa: E402
@@ -83,7 +85,10 @@ def main(argv: list[str]) -> None:
     workdir = open_workdir(_WORKDIR.value)
     children = resolve_children(workdir, _BUDGETS.value, _ARCH.value)
     out = _OUT.value or os.path.join(workdir.path, "export")
-    results = export_children(workdir, children, out, options, log=lambda s: print(s, flush=True))
+    results = export_children(
+        workdir, children, out, options, log=lambda s: print(s, flush=True),
+        command=command_line(sys.argv),
+    )  # fmt: skip
     for r in results:
         acc = r.card["accuracy"]
         cells = ", ".join(

@@ -10,7 +10,9 @@ HTML.
 from __future__ import annotations
 
 import html
+import os
 import re
+import shlex
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&])")
@@ -66,3 +68,24 @@ def md_code(text: object) -> str:
 def html_text(text: object) -> str:
     """`text` escaped for HTML (quotes included), without control characters."""
     return html.escape(clean(text), quote=True)
+
+
+def command_line(argv: list[str] | tuple[str, ...]) -> str:
+    """A process's command as a user would type it again (`python -m pkg.mod ARGS`).
+
+    Args:
+        argv: The process's `sys.argv`.
+
+    Returns:
+        The command, shell-quoted; a script inside a package folder is shown
+        as `python -m` of its module (as the README runs every program).
+    """
+    if not argv:
+        return ""
+    script, args = argv[0], list(argv[1:])
+    parts = os.path.normpath(os.path.abspath(script)).split(os.sep)
+    for top in ("pipelines", "tools", "experiments", "benchmarks"):
+        if top in parts[:-1] and script.endswith(".py"):
+            module = ".".join(parts[parts.index(top) :])[: -len(".py")]
+            return shlex.join(["python", "-m", module, *args])
+    return shlex.join([os.path.basename(script), *args])

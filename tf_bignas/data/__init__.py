@@ -8,6 +8,8 @@ network's input. `pipeline` assembles them into `tf.data` datasets, and
 `device` is the part that runs in the compiled step (normalising uint8
 transport, resizing the shared patch on the device).
 
+May import: `tf_bignas.common`, TensorFlow and TensorFlow Datasets.
+
 Example:
     >>> ds = build_train_dataset("embedded", "train", resolutions=(16, 32), batch_size=64)
     >>> batch = next(iter(ds))

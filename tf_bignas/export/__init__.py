@@ -15,8 +15,8 @@ Everything is written atomically; a rerun skips what is already exported and
 verified, and finishes the rest.
 
 May import: `tf_bignas.common`, `tf_bignas.space`, `tf_bignas.model`,
-`tf_bignas.data`, `tf_bignas.train` (not `tf_bignas.search`: the selection is
-read as the JSON file the search writes).
+`tf_bignas.data`, `tf_bignas.run` (not `tf_bignas.train` or `tf_bignas.search`:
+the workdir, its selection and its cards are read through `tf_bignas.run`).
 """
 
 from tf_bignas.export.children import ExportChild, resolve_children

@@ -14,3 +14,7 @@ class UnsupportedOpError(ExportError):
 
 class VerificationError(ExportError):
     """An exported file does not match the Keras child within the thresholds."""
+
+
+class InvalidModelError(ExportError):
+    """A file named .tflite is not a TFLite model LiteRT can load (the message names it)."""

@@ -1,10 +1,17 @@
 """Host latency of exported files: TFLite (ai-edge-litert, XNNPACK on) and Keras.
 
 `benchmark_models(models_dir)` finds every `.tflite` file under an export
-folder, times invocations (batch 1) after a warmup, and writes the
-median and 90th percentile into each child's `model_card.json` (under
-"latency" -> "host" -> format) and into `benchmark_host.csv` beside the
+folder, times invocations (batch 1) after a warmup, and writes the mean,
+median and 90th percentile into each child's `model_card.json` (a latency
+entry keyed by target "host", this CPU's model, threads, delegate and format:
+`tf_bignas.run.card.put_latency`) and into `benchmark_host.csv` beside the
 children. The child's `child.keras` is timed too, for comparison.
+
+Only verified files are timed: a file in a child folder with a card must
+have the sha256 the card verified (`card.verified_file`); one that differs
+stops the run before anything is timed, naming the file; a file the card
+does not list is left out, saying so. A folder of `.tflite` files without
+cards is timed as it is. The run holds the enclosing workdir's lock.
 
 The machine is shared and noisy, so the TFLite files of one child are timed
 round-robin (one sample of each in turn, `runs` times): a burst of load from
@@ -20,7 +27,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import hashlib
 import io
 import os
 import platform
@@ -31,9 +37,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tf_bignas.common.files import atomic_write_bytes
+from tf_bignas.common.files import atomic_write_bytes, sha256_path
+from tf_bignas.common.text import clean
 from tf_bignas.export.tflite import TFLiteRunner
 from tf_bignas.run import card as card_lib
+from tf_bignas.run import lock
 
 CSV_NAME = "benchmark_host.csv"
 CSV_FIELDS = (
@@ -41,6 +49,7 @@ CSV_FIELDS = (
     "format",
     "file",
     "bytes",
+    "mean_ms",
     "median_ms",
     "p90_ms",
     "min_ms",
@@ -68,6 +77,7 @@ class Timing:
         runs: Timed samples.
         calls_per_sample: Invocations per sample (1 unless a call is shorter
             than a millisecond).
+        mean_ms: Mean single-invocation time.
     """
 
     median_ms: float
@@ -75,6 +85,7 @@ class Timing:
     min_ms: float
     runs: int
     calls_per_sample: int = 1
+    mean_ms: float | None = None
 
 
 @dataclasses.dataclass
@@ -137,6 +148,54 @@ def machine_reference(size: int = 1024, repeats: int = 5) -> float:
         matmul(a, b).numpy()
         best = min(best, time.perf_counter() - start)
     return size**3 / best / 1e9
+
+
+def host_device() -> str:
+    """This machine's CPU model and CPU count (the "device" of host latency entries)."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    return f"{clean(model, one_line=True)} ({os.cpu_count()} CPUs)"
+
+
+def verified_files(
+    folders: dict[str, dict[str, str]], log: Callable[[str], None]
+) -> dict[str, dict[str, str]]:
+    """The files to time: those of folders with a card checked against it (see module doc).
+
+    Args:
+        folders: {folder: {format: path}} (`find_model_folders`).
+        log: Where a note about a file the card does not list goes.
+
+    Returns:
+        The same mapping without the files the cards do not list.
+
+    Raises:
+        FileDigestError: If a file's sha256 differs from its card's (names the file).
+    """
+    out: dict[str, dict[str, str]] = {}
+    for folder, files in folders.items():
+        card = card_lib.read_card(folder)
+        if card is None:
+            out[folder] = files
+            continue
+        key_of = {f.get("file"): k for k, f in card.get("files", {}).items()}
+        kept = {}
+        for fmt, path in files.items():
+            key = key_of.get(os.path.basename(path))
+            if key is None:
+                log(f"{path}: not in {card_lib.CARD_JSON} (unverified), not timed")
+                continue
+            kept[fmt] = card_lib.verified_file(folder, key, card)
+        out[folder] = kept
+    return out
 
 
 def _format_of(name: str) -> str:
@@ -238,18 +297,15 @@ def time_round_robin(
             times[name].append((time.perf_counter() - start) * 1e3 / n)
     return {
         k: Timing(
-            float(np.median(v)), float(np.percentile(v, 90)), float(np.min(v)), len(v), block[k]
-        )
+            float(np.median(v)),
+            float(np.percentile(v, 90)),
+            float(np.min(v)),
+            len(v),
+            block[k],
+            float(np.mean(v)),
+        )  # fmt: skip
         for k, v in times.items()
     }
-
-
-def _sha(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def _read_csv(path: str) -> list[dict[str, str]]:
@@ -283,12 +339,31 @@ def benchmark_models(
     Raises:
         FileNotFoundError: If `models_dir` is missing.
         ValueError: If it holds no .tflite file, or runs/threads < 1.
+        FileDigestError: If a file differs from the one its card verified
+            (nothing is timed).
+        InvalidModelError: If a .tflite file is not a TFLite model (named).
+        WorkdirBusyError: If another process holds the workdir's lock.
     """
     if threads < 1 or runs < 1 or warmup < 0:
         raise ValueError(
             f"threads and runs must be >= 1 and warmup >= 0, got {threads}, {runs}, {warmup}"
         )
-    folders = find_model_folders(models_dir)
+    found = find_model_folders(models_dir)
+    with lock.locked_for(models_dir, log):
+        folders = verified_files(found, log)
+        return _benchmark(models_dir, folders, threads, runs, warmup, keras, log)
+
+
+def _benchmark(
+    models_dir: str,
+    folders: dict[str, dict[str, str]],
+    threads: int,
+    runs: int,
+    warmup: int,
+    keras: bool,
+    log: Callable[[str], None],
+) -> HostReport:
+    device = host_device()
     gmacs = machine_reference()
     machine = {
         "machine": platform.machine(),
@@ -321,26 +396,35 @@ def benchmark_models(
         for fmt, t in timings.items():
             path = files[fmt]
             entry = {
+                "target": "host",
+                "device": device,
+                "threads": threads,
+                "delegate": "tensorflow" if fmt == KERAS_FORMAT else "xnnpack",
+                "format": fmt,
+                "mean_ms": t.mean_ms,
                 "median_ms": t.median_ms,
                 "p90_ms": t.p90_ms,
                 "min_ms": t.min_ms,
-                "threads": threads,
+                "memory_mb": None,  # the host timer measures time only
+                "statistics": "over the timed samples (each one call, or a block of calls "
+                "of about 1 ms divided by its calls)",
                 "runs": t.runs,
                 "calls_per_sample": t.calls_per_sample,
                 "warmup_runs": warmup,
                 "runtime": "keras" if fmt == KERAS_FORMAT else "ai-edge-litert, XNNPACK",
-                "sha256": _sha(path),
+                "sha256": sha256_path(path),
                 "machine": machine,
                 "measured_at": measured_at,
             }
             if card is not None:
-                card.setdefault("latency", {}).setdefault("host", {})[fmt] = entry
+                card_lib.put_latency(card, entry)
             ratio = result.ratio(fmt)
             rows[(child, fmt, str(threads))] = {
                 "child": child,
                 "format": fmt,
                 "file": os.path.basename(path),
                 "bytes": str(os.path.getsize(path)),
+                "mean_ms": f"{t.mean_ms:.6f}",
                 "median_ms": f"{t.median_ms:.6f}",
                 "p90_ms": f"{t.p90_ms:.6f}",
                 "min_ms": f"{t.min_ms:.6f}",

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tf_bignas.export.errors import ExportError, UnsupportedOpError
+from tf_bignas.common.text import clean
+from tf_bignas.export.errors import ExportError, InvalidModelError, UnsupportedOpError
 
 QUANTIZATIONS = ("fp32", "fp16", "int8")
 INT8_IO = ("int8", "uint8", "float")
@@ -88,6 +89,61 @@ def _schema():
     from ai_edge_litert import schema_py_generated
 
     return schema_py_generated
+
+
+METADATA_LABELS = "labels"  # labels.txt's text: one class name per line, index order
+METADATA_CONTRACT = "tf_bignas_input_contract"  # JSON: normalisation, resolution, layout
+
+
+def add_metadata(content: bytes, entries: dict[str, bytes]) -> bytes:
+    """The flatbuffer with named metadata buffers added (same-named ones replaced).
+
+    TFLite's model schema holds a list of (name, buffer) metadata entries that
+    the interpreter ignores and any flatbuffer reader (`read_metadata`,
+    `flatbuffer_utils`) reads back. The standard `TFLITE_METADATA` entry
+    (metadata_schema.fbs, written by tflite-support's MetadataWriter) cannot be
+    written here: tflite-support needs protobuf < 4, which TensorFlow 2.21
+    does not allow; the labels and the input contract go in as entries of
+    their own (`METADATA_LABELS`, `METADATA_CONTRACT`).
+
+    Args:
+        content: The flatbuffer.
+        entries: {name: bytes}.
+
+    Returns:
+        The new flatbuffer (operators, tensors and weights unchanged).
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    schema = _schema()
+    kept = [m for m in (model.metadata or []) if _name(m.name) not in entries]
+    for name, data in entries.items():
+        buffer = schema.BufferT()
+        buffer.data = list(data)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = name
+        entry.buffer = len(model.buffers) - 1
+        kept.append(entry)
+    model.metadata = kept
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _name(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def read_metadata(content: bytes) -> dict[str, bytes]:
+    """The named metadata buffers of a flatbuffer ({name: bytes})."""
+    schema = _schema()
+    model = schema.Model.GetRootAs(content, 0)
+    out = {}
+    for i in range(model.MetadataLength()):
+        m = model.Metadata(i)
+        buffer = model.Buffers(m.Buffer())
+        out[_name(m.Name())] = bytes(buffer.DataAsNumpy()) if buffer.DataLength() else b""
+    return out
 
 
 def op_list(content: bytes) -> list[str]:
@@ -255,6 +311,10 @@ class TFLiteRunner:
         content: The flatbuffer, or None to read `path`.
         path: A .tflite file (if `content` is None).
         num_threads: Interpreter threads.
+
+    Raises:
+        InvalidModelError: If the content or file is not a loadable TFLite
+            model (the message names the file).
     """
 
     def __init__(
@@ -264,11 +324,18 @@ class TFLiteRunner:
 
         if content is None and path is None:
             raise ValueError("TFLiteRunner needs content or path")
-        self.interpreter = Interpreter(
-            model_content=content, model_path=None if content is not None else path,
-            num_threads=num_threads,
-        )  # fmt: skip
-        self.interpreter.allocate_tensors()
+        what = "the converted model" if content is not None else path
+        try:
+            self.interpreter = Interpreter(
+                model_content=content, model_path=None if content is not None else path,
+                num_threads=num_threads,
+            )  # fmt: skip
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise InvalidModelError(
+                f"{what} is not a TFLite model LiteRT can load ({clean(e, one_line=True)}); "
+                "a .tflite file must be a TFLite flatbuffer, as tools.export writes"
+            ) from e
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 

@@ -26,6 +26,7 @@ import os
 from typing import Any
 
 from tf_bignas.common.files import atomic_write_bytes, atomic_write_json, sha256_path
+from tf_bignas.common.text import md_code, md_text
 
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
@@ -163,24 +164,76 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def _ms(entry: dict[str, Any] | None, key: str) -> str:
-    if not entry or entry.get(key) is None:
-        return "-"
-    return f"{entry[key]:.3f}"
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _tensor(t: dict[str, Any]) -> str:
-    text = f"`{t['name']}` {t['dtype']} {t['shape']}"
+    text = f"{md_code(t['name'])} {md_text(t['dtype'])} {md_text(t['shape'])}"
     q = t.get("quantization")
     if q:
         zp = q["zero_point"]
         shifted = f"q - {zp}" if zp >= 0 else f"q + {-zp}"
-        text += f", quantised: real = {q['scale']:.6g} * ({shifted})"
+        text += f", quantised: real = {q['scale']:.6g} \\* ({shifted})"
     return text
 
 
+def _latency_lines(card: dict[str, Any]) -> list[str]:
+    entries = latency_entries(card)
+    if not entries:
+        return []
+    lines = [
+        "",
+        "## Latency",
+        "",
+        "Batch 1, one entry per target, device, threads, delegate and format; mean, median "
+        "and 90th percentile of the timed runs (- where the tool gives no such figure).",
+        "",
+        "| target | device | threads | delegate | format | mean ms | median ms | p90 ms "
+        "| memory MB | runs | measured |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for e in sorted(entries, key=lambda e: tuple(str(e.get(k)) for k in LATENCY_KEY)):
+        memory = e.get("memory_mb")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    md_text(e.get("target")),
+                    md_text(e.get("device")),
+                    md_text(e.get("threads")),
+                    md_text(e.get("delegate")),
+                    md_text(e.get("format")),
+                    _ms(e.get("mean_ms")),
+                    _ms(e.get("median_ms")),
+                    _ms(e.get("p90_ms")),
+                    "-" if memory is None else f"{memory:.1f}",
+                    md_text(e.get("runs", "-")),
+                    md_text(e.get("measured_at", "-")),
+                ]
+            )
+            + " |"
+        )
+    return lines
+
+
+def _use_lines(card: dict[str, Any]) -> list[str]:
+    lines = []
+    if card.get("intended_use"):
+        lines += ["", "## Intended use", "", md_text(card["intended_use"])]
+    if card.get("limitations"):
+        lines += ["", "## Limitations", ""] + [f"- {md_text(x)}" for x in card["limitations"]]
+    names = card.get("class_names")
+    if names:
+        labels = card.get("labels_file")
+        where = f" (also in {md_code(labels)} beside the model)" if labels else ""
+        lines += ["", "## Classes", "", f"Output index: class name{where}.", ""]
+        lines += [f"{i}. {md_text(n)}" for i, n in enumerate(names)]
+    return lines
+
+
 def card_markdown(card: dict[str, Any]) -> str:
-    """The card as Markdown.
+    """The card as Markdown (every text from files, folders and devices escaped).
 
     Args:
         card: The JSON card.
@@ -190,38 +243,42 @@ def card_markdown(card: dict[str, Any]) -> str:
     """
     contract = card["input_contract"]
     acc = card.get("accuracy", {})
-    host = card.get("latency", {}).get("host", {})
     lines = [
-        f"# {card['name']}: {card['paper_notation']}",
+        f"# {md_text(card['name'])}: {md_text(card['paper_notation'])}",
         "",
-        f"Child of the `{card['space']}` space ({card['origin']}), "
+        f"Child of the {md_code(card['space'])} space ({md_text(card['origin'])}), "
         f"{card['macs'] / 1e6:.2f} M MACs (MFLOPs), {card['params'] / 1e6:.4f} M parameters, "
         f"input {card['resolution']}x{card['resolution']} RGB, {card['num_classes']} classes.",
+    ]
+    lines += _use_lines(card)
+    lines += [
         "",
         "## Input contract",
         "",
-        contract["summary"],
+        md_text(contract["summary"]),
         "",
         "| file | input | output |",
         "|---|---|---|",
     ]
     for fmt, files in contract["files"].items():
-        lines.append(f"| {fmt} | {_tensor(files['input'])} | {_tensor(files['output'])} |")
+        lines.append(f"| {md_text(fmt)} | {_tensor(files['input'])} | {_tensor(files['output'])} |")
     lines += [
         "",
-        f"## Files, accuracy ({acc.get('num_examples', 0)} images of the "
-        f"'{acc.get('split', '?')}' split) and host latency",
+        f"## Files and accuracy ({acc.get('num_examples', 0)} images of the "
+        f"{md_code(acc.get('split', '?'))} split)",
         "",
-        "| format | file | size (bytes) | top-1 | top-5 | top-1 agreement with fp32 "
-        "| host median ms | host p90 ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "Each file's sha256 is the one verified at export; the benchmarks and the chain "
+        "refuse a file whose digest differs.",
+        "",
+        "| format | file | size (bytes) | sha256 | top-1 | top-5 | top-1 agreement with fp32 |",
+        "|---|---|---:|---|---:|---:|---:|",
     ]
     for fmt, f in card["files"].items():
         a = acc.get(fmt, {})
         lines.append(
-            f"| {fmt} | `{f['file']}` | {f['bytes']} | {_pct(a.get('top1'))} | "
-            f"{_pct(a.get('top5'))} | {_pct(a.get('top1_agreement_vs_fp32'))} | "
-            f"{_ms(host.get(fmt), 'median_ms')} | {_ms(host.get(fmt), 'p90_ms')} |"
+            f"| {md_text(fmt)} | {md_code(f['file'])} | {f['bytes']} | {md_code(f['sha256'])} "
+            f"| {_pct(a.get('top1'))} | {_pct(a.get('top5'))} "
+            f"| {_pct(a.get('top1_agreement_vs_fp32'))} |"
         )
     check = card.get("sliced_vs_built")
     if check:
@@ -229,27 +286,23 @@ def card_markdown(card: dict[str, Any]) -> str:
             "",
             f"Sliced vs built: the fp32 file has the same {check['num_ops']} ops, in the same "
             f"order, as the same arch built directly ({'yes' if check['same_ops'] else 'NO'}; "
-            f"reference `{check['reference_file']}`).",
+            f"reference {md_code(check['reference_file'])}).",
         ]
-    others = {t: v for t, v in card.get("latency", {}).items() if t != "host"}
-    if host or others:
-        lines += ["", "## Latency", ""]
-        for target, entries in card.get("latency", {}).items():
-            for fmt, e in entries.items():
-                median = e.get("median_ms", e.get("avg_ms"))
-                text = "-" if median is None else f"{median:.3f} ms"
-                lines.append(f"- {target} {fmt}: {text} (threads {e.get('threads', '?')})")
+    lines += _latency_lines(card)
     prov = card["provenance"]
+    commit = prov.get("git_commit") or "unknown"
     lines += [
         "",
-        "## Provenance",
+        "## Provenance and how to reproduce",
         "",
-        f"- workdir: `{prov['workdir']}`",
-        f"- weights: `{prov['weights']}` (sha256 {prov['weights_digest']})",
-        f"- BN statistics: `{prov['bn_stats']}` (sha256 {prov['bn_stats_digest']})",
-        f"- git commit: {prov.get('git_commit') or 'unknown'}"
+        f"- workdir: {md_code(prov['workdir'])}",
+        f"- weights: {md_code(prov['weights'])} (sha256 {md_code(prov['weights_digest'])})",
+        f"- BN statistics: {md_code(prov['bn_stats'])} (sha256 {md_code(prov['bn_stats_digest'])})",
+        f"- git commit: {md_code(commit)}"
         + (" (uncommitted changes)" if prov.get("git_dirty") else ""),
-        f"- exported: {prov['exported_at']} with TensorFlow {prov['tensorflow']}",
+        f"- trained with: {md_code(prov.get('train_command') or 'not recorded')}",
+        f"- exported with: {md_code(prov.get('export_command') or 'not recorded')}",
+        f"- exported: {md_text(prov['exported_at'])} with TensorFlow {md_text(prov['tensorflow'])}",
         "",
         "## Arch",
         "",

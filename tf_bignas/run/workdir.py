@@ -25,7 +25,6 @@ and the number of classes from the data source.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Any
@@ -35,7 +34,7 @@ import ml_collections
 import tensorflow as tf
 
 from tf_bignas import data as data_lib
-from tf_bignas.common.files import atomic_write_json
+from tf_bignas.common.files import atomic_write_json, sha256_path
 from tf_bignas.model import BNStatsStore, Supernet
 from tf_bignas.run.config import build_space, default_config, minival_size
 from tf_bignas.space import SearchSpace
@@ -199,14 +198,6 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def _restore_checkpoint(net: Supernet, path: str, config: ml_collections.ConfigDict) -> None:
     """Restores a training checkpoint's weights into `net`: the EMA ones if the run keeps them.
 
@@ -217,7 +208,7 @@ def _restore_checkpoint(net: Supernet, path: str, config: ml_collections.ConfigD
     if not config.optimizer.get("ema", False):
         tf.train.Checkpoint(model=net).restore(path).expect_partial()
         return
-    from tf_bignas.train.optimizers import RMSpropTF  # noqa: PLC0415 - only for EMA runs
+    from tf_bignas.run.optimizers import RMSpropTF  # noqa: PLC0415 - only for EMA runs
 
     # As in training: a schedule (so no learning-rate variable shifts the slots).
     constant = keras.optimizers.schedules.ExponentialDecay(0.0, decay_steps=1, decay_rate=1.0)
@@ -266,7 +257,7 @@ def open_workdir(path: str, *, allow_unfinished: bool = False) -> Workdir:
     results: dict[str, Any] = {}
     if os.path.isfile(weights):
         net.load_weights(weights)
-        digest = _digest(weights)
+        digest = sha256_path(weights)
         if os.path.isfile(results_path):
             with open(results_path, encoding="utf-8") as f:
                 results = json.load(f)
@@ -278,7 +269,7 @@ def open_workdir(path: str, *, allow_unfinished: bool = False) -> Workdir:
                 f"with the same pipelines.train command (it resumes), then try again"
             )
         _restore_checkpoint(net, latest, config)
-        weights, digest = latest, _digest(latest + ".index")
+        weights, digest = latest, sha256_path(latest + ".index")
     stats_path = os.path.join(path, BN_STATS_FILE)
     if os.path.isfile(stats_path):
         net.bn_stats = BNStatsStore.load(stats_path)

@@ -18,7 +18,7 @@ crossover under the constraint), from a trained workdir to
 - `runner`: `run_search`, the whole run.
 
 May import: `tf_bignas.common`, `tf_bignas.space`, `tf_bignas.model`,
-`tf_bignas.data`, `tf_bignas.train` (never `tf_bignas.export` or
+`tf_bignas.data`, `tf_bignas.run` (never `tf_bignas.export` or
 `tf_bignas.latency`: latency costs are passed in as functions).
 """
 

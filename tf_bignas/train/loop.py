@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ import tensorflow as tf
 
 from tf_bignas import data as data_lib
 from tf_bignas.common.files import atomic_write_json
+from tf_bignas.common.text import command_line
 from tf_bignas.run import lock
 from tf_bignas.run import record as run_record_lib
 from tf_bignas.run import workdir as wd
@@ -62,7 +64,7 @@ from tf_bignas.train.distribute import (
     build_strategy,
     worker_role,
 )
-from tf_bignas.train.optimizers import ema_weights
+from tf_bignas.run.optimizers import ema_weights
 from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
 
 CHILD_NAMES = ("largest", "smallest")  # the first two children of every step
@@ -499,6 +501,7 @@ def _train_locked(
         os.replace(weights + ".tmp.weights.h5", weights)
         results = {
             "step": step,
+            "command": command_line(sys.argv),
             "eval_split": d.eval_split,
             # Which weights the children were calibrated and evaluated with
             # (those saved in supernet.weights.h5), and on what.

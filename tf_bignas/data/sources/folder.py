@@ -52,6 +52,38 @@ def _decode_status(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return ok, nbytes
 
 
+def _listdir(folder: str) -> list[str]:
+    """`tf.io.gfile.listdir`, with a clear error for a name that is not UTF-8.
+
+    Raises:
+        DataSourceError: Naming the folder and the undecodable name.
+    """
+    try:
+        return tf.io.gfile.listdir(folder)
+    except UnicodeDecodeError as e:
+        bad = [n for n in _raw_names(folder) if not _is_utf8(n)]
+        shown = ", ".join(repr(n) for n in bad[:3]) or repr(e.object[e.start : e.end + 8])
+        raise DataSourceError(
+            f"folder {folder!r} holds a name that is not valid UTF-8 ({shown}); rename it: "
+            "split, class and image names must be UTF-8 text"
+        ) from None
+
+
+def _raw_names(folder: str) -> list[bytes]:
+    try:
+        return sorted(os.listdir(os.fsencode(folder)))
+    except OSError:
+        return []
+
+
+def _is_utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _decode_error(path: str) -> str:
     """The error message of decoding one file (for files that failed)."""
     try:
@@ -189,10 +221,11 @@ class FolderSource(Source):
         self._class_names: tuple[str, ...] | None = None
 
     def _dir_splits(self) -> tuple[str, ...]:
+        listdir = _listdir
         return tuple(
             sorted(
                 d.rstrip("/")
-                for d in tf.io.gfile.listdir(self.root)
+                for d in listdir(self.root)
                 if not d.startswith(".")
                 and tf.io.gfile.isdir(os.path.join(self.root, d.rstrip("/")))
             )
@@ -208,7 +241,7 @@ class FolderSource(Source):
         return tuple(
             sorted(
                 d.rstrip("/")
-                for d in tf.io.gfile.listdir(split_dir)
+                for d in _listdir(split_dir)
                 if not d.startswith(".")
                 and tf.io.gfile.isdir(os.path.join(split_dir, d.rstrip("/")))
             )
@@ -268,7 +301,7 @@ class FolderSource(Source):
             class_dir = os.path.join(split_dir, name)
             files = sorted(
                 f
-                for f in tf.io.gfile.listdir(class_dir)
+                for f in _listdir(class_dir)
                 if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
             )
             if not files:
