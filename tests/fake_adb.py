@@ -8,6 +8,11 @@ argument shows up as a different argv or as a command that really runs (the
 tests look for the files such a command would create). `benchmark_model`
 plays back recorded outputs of both formats, or a failure, chosen per model
 file name; the device can be unauthorized, offline, or vanish mid-run.
+Besides the recorded outputs the tests pass in (tests/testdata/android), it
+knows `LITERT_OUTPUT` (a LiteRT build's output, with percentiles) and
+`ANSI_FAILURE` (a failure whose output holds ESC colour codes and NULs).
+`held_lock(path)` holds a workdir lock from another process, as a concurrent
+run would, for the tests of the refusal.
 
 Its state (devices, properties, behaviours, counters) is a JSON file named by
 the FAKE_ADB_STATE environment variable.
@@ -15,14 +20,94 @@ the FAKE_ADB_STATE environment variable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 
 STATE_ENV = "FAKE_ADB_STATE"
+
+# The output of a LiteRT build of benchmark_model (timed runs of a small model,
+# 4 threads, XNNPACK), line for line as its source prints it:
+# google-ai-edge/LiteRT tflite/tools/benchmark/benchmark_model.cc
+# (BenchmarkModel::Run logs `StatWithPercentiles::OutputToStream` of the warmup
+# and of the timed runs, then BenchmarkLoggingListener::OnBenchmarkEnd logs the
+# summary and the memory footprint) and tensorflow/tensorflow
+# third_party/xla/xla/tsl/util/stats_calculator.h (the "count= first= curr=
+# min= max= avg= std=" line with " p5= median= p95=" appended). Times are in
+# microseconds; GRAPH is replaced by the model's path.
+LITERT_OUTPUT = """INFO: STARTING!
+INFO: Log parameter values verbosely: [0]
+INFO: Min num runs: [50]
+INFO: Num threads: [4]
+INFO: Graph: [GRAPH]
+INFO: #threads used for CPU inference: [4]
+INFO: Use xnnpack: [1]
+INFO: Loaded model GRAPH
+INFO: Created TensorFlow Lite XNNPACK delegate for CPU.
+INFO: The input model file size (MB): 0.016384
+INFO: Initialized session in 4.117ms.
+INFO: Running benchmark for at least 5 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+INFO: count=312 first=2874 curr=1541 min=1502 max=2874 avg=1598.41 std=97 p5=1517 median=1573 p95=1764
+
+INFO: Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
+INFO: count=641 first=1552 curr=1529 min=1498 max=2290 avg=1559.6 std=61 p5=1506 median=1541 p95=1671
+
+INFO: Inference timings in us: Init: 4117, First inference: 2874, Warmup (avg): 1598.41, Inference (avg): 1559.6
+INFO: Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your discretion.
+INFO: Memory footprint delta from the start of the tool (MB): init=3.05469 overall=3.8125
+"""
+
+# A failing model whose output (and error) carries terminal colour codes and NULs.
+ANSI_FAILURE = (
+    "STARTING!\nGraph: [GRAPH]\n"
+    "\x1b[31mERROR: Didn't find op for builtin opcode 'CONV_2D' version '6'\x1b[0m\x00\n"
+    "\x1b[1mERROR: Registration failed.\x00\x07\n"
+    "Failed to initialize the interpreter\n"
+)
+
+
+# Holds a workdir lock as another run does (tf_bignas.run.lock: flock on the
+# lock file, which names its holder), until its stdin closes.
+_LOCK_HOLDER = """
+import fcntl, json, os, socket, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": "2025-01-01T00:00:00",
+          "command": "python -m tools.benchmark_android \x1b[31m--models=elsewhere"}
+os.write(fd, json.dumps(holder).encode())
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def held_lock(lock_file: str) -> Iterator[int]:
+    """Holds `lock_file` (a workdir's run.lock) from another process during the block.
+
+    Args:
+        lock_file: The lock file (its folder must exist).
+
+    Yields:
+        The holder's pid (its command line holds an ESC colour code).
+    """
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, lock_file],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if holder.stdout.readline().strip() != "held":
+            raise RuntimeError(f"could not hold {lock_file}")
+        yield holder.pid
+    finally:
+        holder.stdin.close()  # it ends; its lock file stays, stale, as a killed run's would
+        holder.wait(timeout=60)
 
 
 def install(bin_dir: str, state_path: str, state: dict) -> str:
@@ -63,7 +148,7 @@ def default_state(root: str, log: str, host_cwd: str, outputs: dict[str, str]) -
                 "ro.product.cpu.abilist": "arm64-v8a,armeabi-v7a,armeabi",
             }
         },
-        "outputs": outputs,
+        "outputs": {"litert": LITERT_OUTPUT, "ansi_fail": ANSI_FAILURE, **outputs},
         "behaviour": {},
         "noexec": False,
         "disconnect_after": None,
@@ -136,8 +221,8 @@ def _benchmark(state: dict, state_path: str, serial: str, argv: list[str]) -> in
         save_state(state_path, state)
         return _fail("error: closed")
     save_state(state_path, state)
-    if behaviour == "fail":
-        print(state["outputs"]["fail"].replace("GRAPH", graph))
+    if behaviour.endswith("fail"):  # "fail", "ansi_fail"
+        print(state["outputs"][behaviour].replace("GRAPH", graph))
         return 1
     print(state["outputs"][behaviour].replace("GRAPH", graph))
     return 0

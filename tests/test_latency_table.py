@@ -13,6 +13,8 @@ import json
 import os
 import pathlib
 import struct
+import subprocess
+import sys
 
 import fake_adb
 import pytest
@@ -20,6 +22,8 @@ import pytest
 from tf_bignas.latency import android, endtoend, parts, table
 from tf_bignas.model import cost
 from tf_bignas.model.netplan import net_plan
+from tf_bignas.run import lock as lock_lib
+from tf_bignas.run import workdir as wd_lib
 from tf_bignas.space import ArchConfig, bignas_cifar, bignas_tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -189,3 +193,21 @@ def test_android_table_through_fake_adb(tmp_path, monkeypatch):
             and c[1].endswith("benchmark_model")]  # fmt: skip
     assert all("--num_runs=3" in r for r in runs)
     assert len(runs) == 8  # null, 5 parts, child; then only the part that had failed
+
+
+def test_a_held_lock_refuses_the_table_writer(tmp_path):
+    space = bignas_tiny()
+    path = tmp_path / "tables" / "host.json"
+    path.parent.mkdir()
+    with fake_adb.held_lock(str(path.parent / wd_lib.LOCK_FILE)) as pid:
+        with pytest.raises(lock_lib.WorkdirBusyError, match=f"in use by another run: pid {pid} "):
+            table.build_table(space, 10, str(path), archs=[space.smallest(16)],
+                              log=lambda s: None, **RUNS)  # fmt: skip
+        cmd = [sys.executable, "-m", "tools.latency_table", "--space=bignas_tiny",
+               "--num_classes=10", f"--output={path}", "--calibration_children=0"]  # fmt: skip
+        bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    [line] = [x for x in bad.stderr.splitlines() if ": error: " in x]
+    assert line.startswith("latency_table.py: error: workdir ") and f"pid {pid} on host" in line
+    assert "\x1b" not in line
+    assert not path.exists()  # nothing measured, nothing written

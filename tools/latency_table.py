@@ -7,9 +7,12 @@
 
 The table goes to --output (default: WORKDIR/latency/<target>.json with
 --workdir, tf_bignas/latency/tables/<target>_<space>.json with --space).
-Running again resumes an interrupted build. --check_children=N measures N
-random children end to end (host) and prints the table's error against them.
-The search takes it with --latency_table=PATH for latency_ms budgets.
+Running again resumes an interrupted build. While it builds, it holds the
+lock of the workdir holding the table's folder (the folder itself outside a
+workdir): when another run holds it, the program ends with one line naming
+that run's pid (exit code 2). --check_children=N measures N random children
+end to end (host) and prints the table's error against them. The search takes
+it with --latency_table=PATH for latency_ms budgets.
 """
 
 from __future__ import annotations

@@ -3,8 +3,15 @@
 - `adb`: an injection-safe wrapper of the `adb` program (argument lists only;
   device-shell words quoted one by one), device selection and its errors;
 - `android`: `benchmark_android`, TFLite's `benchmark_model` on a phone for
-  every `.tflite` file of a folder, results in the model cards ("android:SERIAL")
-  and `benchmark_android.csv`, resumable after a disconnect;
+  every `.tflite` file of a folder (each checked first against its model
+  card's sha256), holding the workdir lock, resumable after a disconnect;
+- `android_device`: the phone (`getprop`), the ELF check of the binary for
+  its ABI, and `BenchmarkOptions` (threads, delegate, runs, CPU mask);
+- `android_results`: `benchmark_android.csv` and the model cards' latency
+  entries (target "android", keyed by device model, threads, delegate and
+  format), and the lock the latency writers hold;
+- `benchmark_output`: what `benchmark_model` prints (mean, min, max, std;
+  median and p5/p95 in LiteRT's builds; memory), read into numbers;
 - `host`: TFLite conversion and timing with ai-edge-litert on this machine;
 - `parts`: a child as its parts (stem, blocks keyed on their description
   without position, head), every distinct part of a space;
@@ -17,6 +24,6 @@
   candidates by it.
 
 May import: `tf_bignas.common`, `tf_bignas.space`, `tf_bignas.model`,
-`tf_bignas.data`, `tf_bignas.train`, `tf_bignas.export` (not `tf_bignas.search`:
+`tf_bignas.data`, `tf_bignas.run`, `tf_bignas.export` (not `tf_bignas.search`:
 the search's scorer is taken as an argument, and its files read as JSON).
 """

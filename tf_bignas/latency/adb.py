@@ -9,16 +9,23 @@ list of arguments (spaces, quotes, semicolons, `$(...)` stay literal).
 
 Errors are `AdbError` subclasses (an `OSError`: something outside the program,
 not a bad value) whose message says what is wrong and what to do about it.
+Whatever adb or the device prints reaches a message (and `getprop` values
+reach the caller) only through `printable`: terminal escape sequences
+removed, then `tf_bignas.common.text.clean` (no ESC, NUL or other control
+character), on one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
+
+from tf_bignas.common.text import clean
 
 # Substrings of adb's own error messages that mean the device went away.
 _GONE_MARKERS = (
@@ -32,6 +39,8 @@ _GONE_MARKERS = (
     "device still authorizing",
     "device is not connected",
 )
+# A terminal control sequence (colours, cursor moves): ESC [ parameters final-byte.
+_ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 INSTALL_HINT = (
     "install the Android platform tools (Debian/Ubuntu: sudo apt-get install adb; "
     "elsewhere: https://developer.android.com/tools/releases/platform-tools) and put adb on the PATH"
@@ -110,6 +119,24 @@ def parse_devices(text: str) -> list[DeviceEntry]:
     return entries
 
 
+def printable(text: str) -> str:
+    """Device or adb output as one printable line: escape sequences and control characters gone.
+
+    Args:
+        text: The raw output.
+
+    Returns:
+        The text without terminal escape sequences (``ESC[31m``), without any
+        other control character (`tf_bignas.common.text.clean`), on one line.
+    """
+    return clean(_ESCAPE_SEQUENCE.sub("", text), one_line=True)
+
+
+def _said(out: subprocess.CompletedProcess) -> str:
+    """What a command printed on failure (stderr, else stdout), on one printable line."""
+    return printable(out.stderr or out.stdout or "")
+
+
 def _state_advice(serial: str, state: str) -> str:
     if state == "unauthorized":
         return (
@@ -183,7 +210,7 @@ class Adb:
         """
         out = self._run_host(["devices"], timeout=60)
         if out.returncode != 0:
-            raise AdbError(f"'adb devices' failed: {(out.stderr or out.stdout).strip()}")
+            raise AdbError(f"'adb devices' failed: {_said(out)}")
         return parse_devices(out.stdout)
 
     def _select(self, serial: str | None) -> str:
@@ -195,7 +222,7 @@ class Adb:
                 "no Android device is attached ('adb devices' lists none): connect one by USB "
                 "with USB debugging on (Settings > Developer options), or 'adb connect HOST:PORT'"
             )
-        listing = ", ".join(f"{e.serial} ({e.state})" for e in entries)
+        listing = printable(", ".join(f"{e.serial} ({e.state})" for e in entries))
         if serial is None:
             if len(entries) > 1:
                 raise DeviceSelectionError(
@@ -253,7 +280,7 @@ class Adb:
             raise DeviceDisconnectedError(f"device {self.serial!r} stopped answering") from e
         state = out.stdout.strip()
         if out.returncode != 0 or state != "device":
-            detail = (out.stderr or out.stdout).strip() or f"state {state!r}"
+            detail = _said(out) or f"state {state!r}"
             raise DeviceDisconnectedError(f"device {self.serial!r} disconnected ({detail})")
 
     def shell(
@@ -285,9 +312,7 @@ class Adb:
         """
         out = self.shell(argv)
         if out.returncode != 0:
-            raise AdbError(
-                f"could not {what} on {self.serial!r}: {(out.stderr or out.stdout).strip()}"
-            )
+            raise AdbError(f"could not {what} on {self.serial!r}: {_said(out)}")
         return out.stdout
 
     def push(self, local: str, remote: str) -> None:
@@ -302,10 +327,19 @@ class Adb:
         out = self.run(["push", local, remote])
         if out.returncode != 0:
             raise AdbError(
-                f"could not push {local!r} to {remote!r} on {self.serial!r}: "
-                f"{(out.stderr or out.stdout).strip()}"
+                f"could not push {local!r} to {remote!r} on {self.serial!r}: {_said(out)}"
             )
 
     def getprop(self, name: str) -> str:
-        """A system property of the device ("" when it is not set)."""
-        return self.check_shell(["getprop", name], f"read {name}").strip()
+        """A system property of the device ("" when it is not set), without control characters.
+
+        Args:
+            name: The property, e.g. "ro.product.model".
+
+        Returns:
+            Its value on one line.
+
+        Raises:
+            AdbError: If it cannot be read.
+        """
+        return printable(self.check_shell(["getprop", name], f"read {name}"))

@@ -1,85 +1,83 @@
 """Benchmark exported TFLite models on an Android device with TFLite's `benchmark_model`.
 
-`benchmark_android(models_dir, binary, serial, options)` checks the user's
-`benchmark_model` binary on the host (an ELF executable for the device's ABI),
-pushes it and each model to a working folder on the device, runs
+`benchmark_android(models_dir, binary, serial, options)` first checks every
+model against its model card: a `.tflite` file in a folder with a
+`model_card.json` must be a file the card lists, with the sha256 the card
+verified (`tf_bignas.run.card.verified_file`); a swapped or changed file is
+refused, naming it, before anything reaches the device. A folder of models
+without cards is measured as it is. It then checks the user's
+`benchmark_model` binary on the host (an ELF executable for the device's
+ABI) and, holding the workdir lock (`tf_bignas.run.lock.locked_for`), pushes
+the binary and each model to a working folder on the device and runs
 
     [taskset MASK] benchmark_model --graph=MODEL --num_threads=N --use_gpu=B
         --use_nnapi=B --use_xnnpack=B --warmup_runs=W --num_runs=R
 
-and parses the summary line of either output format. Every result is saved
-the moment it is measured: a row of ``benchmark_android.csv`` in `models_dir`
-and an ``"android:SERIAL"`` entry in the "latency" section of the
-``model_card.json`` beside the model (where there is one). A rerun skips the
-models already measured with the same settings (same file content, same
-device, same flags), so a device that disconnects mid-run loses nothing: plug
-it in and run the same command again.
+whose output `tf_bignas.latency.benchmark_output` reads (mean, and median,
+min, max, std and memory where the tool prints them). Every result is saved
+the moment it is measured (`tf_bignas.latency.android_results`): a row of
+``benchmark_android.csv`` in `models_dir` and, for a model with a card, a
+latency entry of the card keyed by device model, threads, delegate and
+format, so a 4-thread or GPU run never replaces the 1-thread CPU one. A rerun
+skips the models already measured with the same settings (same file content,
+same device, same flags), so a device that disconnects mid-run loses nothing:
+plug it in and run the same command again.
+
+Whatever the device says (adb's errors, `benchmark_model`'s output, its
+properties) reaches a message only through `tf_bignas.latency.adb.printable`
+(terminal escape sequences removed, then `tf_bignas.common.text.clean`).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
-import hashlib
-import io
-import json
 import os
-import re
-import struct
-import types
 from collections.abc import Callable
-from typing import Any
 
-from tf_bignas.common.files import atomic_write_bytes, atomic_write_json
-from tf_bignas.latency.adb import Adb, AdbError, DeviceDisconnectedError
+from tf_bignas.common.files import sha256_path
+from tf_bignas.common.text import clean
+from tf_bignas.latency import android_results as results
+from tf_bignas.latency.adb import Adb, AdbError, DeviceDisconnectedError, printable
+from tf_bignas.latency.android_device import (
+    ABI_MACHINES,
+    MACHINE_NAMES,
+    BenchmarkBinaryError,
+    BenchmarkOptions,
+    DeviceInfo,
+    check_binary_abi,
+    device_info,
+    elf_machine,
+)
+from tf_bignas.latency.android_results import CSV_FIELDS, CSV_NAME, read_csv
+from tf_bignas.latency.benchmark_output import Timing, parse_benchmark_output
+from tf_bignas.run import card as card_lib
 
-CSV_NAME = "benchmark_android.csv"
-CARD_NAME = "model_card.json"
+__all__ = [
+    "ABI_MACHINES",
+    "CSV_FIELDS",
+    "CSV_NAME",
+    "DEFAULT_DEVICE_DIR",
+    "MACHINE_NAMES",
+    "AndroidBenchmarkError",
+    "AndroidReport",
+    "BenchmarkBinaryError",
+    "BenchmarkOptions",
+    "DeviceInfo",
+    "ModelFile",
+    "Timing",
+    "benchmark_android",
+    "check_binary_abi",
+    "device_info",
+    "elf_machine",
+    "find_models",
+    "parse_benchmark_output",
+    "read_csv",
+    "verify_models",
+]
+
 DEFAULT_DEVICE_DIR = "/data/local/tmp/tf_bignas"
 BINARY_NAME = "benchmark_model"
-# ELF e_machine values of the Android ABIs, with the ELF class (bits).
-ABI_MACHINES = types.MappingProxyType(
-    {
-        "arm64-v8a": (183, 64),  # EM_AARCH64
-        "armeabi-v7a": (40, 32),  # EM_ARM
-        "armeabi": (40, 32),
-        "x86_64": (62, 64),  # EM_X86_64
-        "x86": (3, 32),  # EM_386
-        "riscv64": (243, 64),  # EM_RISCV
-    }
-)
-MACHINE_NAMES = types.MappingProxyType(
-    {183: "arm64 (AArch64)", 40: "32-bit ARM", 62: "x86-64", 3: "x86", 243: "RISC-V"}
-)
-CSV_FIELDS = (
-    "model",
-    "format",
-    "status",
-    "avg_ms",
-    "std_ms",
-    "min_ms",
-    "max_ms",
-    "init_ms",
-    "serial",
-    "device_model",
-    "android_version",
-    "abi",
-    "num_threads",
-    "use_gpu",
-    "use_nnapi",
-    "use_xnnpack",
-    "cpu_mask",
-    "warmup_runs",
-    "num_runs",
-    "sha256",
-    "measured_at",
-    "error",
-)
-
-
-class BenchmarkBinaryError(ValueError):
-    """The `benchmark_model` binary is missing, not executable, or of the wrong ABI."""
 
 
 class AndroidBenchmarkError(AdbError):
@@ -95,257 +93,33 @@ class AndroidBenchmarkError(AdbError):
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchmarkOptions:
-    """The `benchmark_model` settings of a run.
-
-    Attributes:
-        num_threads: CPU threads (`--num_threads`).
-        use_gpu: GPU delegate (`--use_gpu`).
-        use_nnapi: NNAPI delegate (`--use_nnapi`).
-        use_xnnpack: XNNPACK delegate (`--use_xnnpack`).
-        cpu_mask: Hex CPU-affinity mask for `taskset` (e.g. "f0" = cores 4-7), or "".
-        warmup_runs: Untimed runs first (`--warmup_runs`).
-        num_runs: Timed runs (`--num_runs`).
-    """
-
-    num_threads: int = 1
-    use_gpu: bool = False
-    use_nnapi: bool = False
-    use_xnnpack: bool = True
-    cpu_mask: str = ""
-    warmup_runs: int = 5
-    num_runs: int = 50
-
-    def __post_init__(self) -> None:
-        if self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
-        if self.warmup_runs < 0:
-            raise ValueError(f"warmup_runs must be >= 0, got {self.warmup_runs}")
-        if self.num_runs < 1:
-            raise ValueError(f"num_runs must be >= 1, got {self.num_runs}")
-        if self.use_gpu and self.use_nnapi:
-            raise ValueError("use_gpu and use_nnapi are exclusive: choose one delegate")
-        if self.cpu_mask and not re.fullmatch(r"(0[xX])?[0-9a-fA-F]{1,16}", self.cpu_mask):
-            raise ValueError(
-                f"cpu_mask {self.cpu_mask!r} is not a hex CPU mask such as 'f0' (cores 4-7)"
-            )
-        if self.cpu_mask and int(self.cpu_mask, 16) == 0:
-            raise ValueError("cpu_mask selects no CPU; use e.g. 'f0' or leave it empty")
-
-    @property
-    def delegate(self) -> str:
-        """The accelerator in use: gpu, nnapi, xnnpack or cpu."""
-        if self.use_gpu:
-            return "gpu"
-        if self.use_nnapi:
-            return "nnapi"
-        return "xnnpack" if self.use_xnnpack else "cpu"
-
-    def flags(self, graph: str) -> list[str]:
-        """The `benchmark_model` flags for one model on the device."""
-        b = lambda v: "true" if v else "false"  # noqa: E731
-        return [
-            f"--graph={graph}",
-            f"--num_threads={self.num_threads}",
-            f"--use_gpu={b(self.use_gpu)}",
-            f"--use_nnapi={b(self.use_nnapi)}",
-            f"--use_xnnpack={b(self.use_xnnpack)}",
-            f"--warmup_runs={self.warmup_runs}",
-            f"--num_runs={self.num_runs}",
-        ]
-
-    def csv_values(self) -> dict[str, str]:
-        """The settings as CSV cells (also the identity of a measurement)."""
-        return {
-            "num_threads": str(self.num_threads),
-            "use_gpu": str(self.use_gpu).lower(),
-            "use_nnapi": str(self.use_nnapi).lower(),
-            "use_xnnpack": str(self.use_xnnpack).lower(),
-            "cpu_mask": self.cpu_mask,
-            "warmup_runs": str(self.warmup_runs),
-            "num_runs": str(self.num_runs),
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """What a `benchmark_model` run printed.
-
-    Attributes:
-        avg_ms: Mean latency of the timed runs.
-        std_ms: Their standard deviation (None when not printed).
-        min_ms: Fastest timed run (None when not printed).
-        max_ms: Slowest timed run (None when not printed).
-        init_ms: Initialisation time (None when not printed).
-    """
-
-    avg_ms: float
-    std_ms: float | None = None
-    min_ms: float | None = None
-    max_ms: float | None = None
-    init_ms: float | None = None
-
-
-_NUM = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
-_AVG = re.compile(r"Inference \(avg\):\s*" + _NUM + r"\s*(ms|us|µs)?")
-_INIT = re.compile(r"Init:\s*" + _NUM + r"\s*(ms|us|µs)?")
-_UNIT = re.compile(r"timings in (us|ms)")
-_STATS = re.compile(r"count=\d+.*?min=" + _NUM + r"\s+max=" + _NUM + r".*?std=" + _NUM)
-
-
-def _scale(unit: str | None, line: str) -> float:
-    if unit is None:
-        header = _UNIT.search(line)
-        unit = header.group(1) if header else "us"
-    return 1.0 if unit == "ms" else 1e-3
-
-
-def parse_benchmark_output(text: str) -> Timing:
-    """Reads the latency out of `benchmark_model`'s output.
-
-    Both formats are understood: the classic line ``Inference timings in us:
-    Init: 3281, First inference: 40232, Warmup (avg): 28385.3, Inference (avg):
-    27489.8`` (microseconds, with a ``count=... min=... max=... avg=... std=...``
-    line before it) and the newer ``Inference (avg): 27.49 ms``.
-
-    Args:
-        text: The tool's output.
-
-    Returns:
-        The timing of the last summary in the output.
-
-    Raises:
-        ValueError: If there is no ``Inference (avg)`` figure.
-    """
-    lines = text.splitlines()
-    found = None
-    for i, line in enumerate(lines):
-        m = _AVG.search(line)
-        if m:
-            found = (i, line, m)
-    if found is None:
-        raise ValueError("no 'Inference (avg)' line in the benchmark_model output")
-    i, line, m = found
-    scale = _scale(m.group(2), line)
-    avg = float(m.group(1)) * scale
-    init = None
-    for candidate in (line, *reversed(lines[:i])):
-        im = _INIT.search(candidate)
-        if im:
-            init = float(im.group(1)) * _scale(im.group(2), candidate)
-            break
-    std = lo = hi = None
-    if scale != 1.0:  # the count=... line is in the same unit as the classic summary
-        for candidate in reversed(lines[:i]):
-            sm = _STATS.search(candidate)
-            if sm:
-                lo, hi, std = (float(v) * scale for v in sm.groups())
-                break
-    return Timing(avg_ms=avg, std_ms=std, min_ms=lo, max_ms=hi, init_ms=init)
-
-
-def elf_machine(path: str) -> tuple[int, int]:
-    """The ELF machine and class of an executable.
-
-    Args:
-        path: The file.
-
-    Returns:
-        (e_machine, bits).
-
-    Raises:
-        BenchmarkBinaryError: If the file is missing or not an ELF executable.
-    """
-    if not os.path.isfile(path):
-        raise BenchmarkBinaryError(
-            f"benchmark binary {path!r} does not exist; download TFLite's prebuilt "
-            "android_aarch64_benchmark_model (see README.md, 'Android benchmarks')"
-        )
-    with open(path, "rb") as f:
-        header = f.read(20)
-    if len(header) < 20 or header[:4] != b"\x7fELF":
-        hint = (
-            " (the .apk build is not supported: use the native binary)"
-            if path.endswith(".apk")
-            else ""
-        )
-        raise BenchmarkBinaryError(
-            f"benchmark binary {path!r} is not an executable: it is not an ELF file{hint}"
-        )
-    bits = {1: 32, 2: 64}.get(header[4])
-    order = {1: "<", 2: ">"}.get(header[5])
-    if bits is None or order is None:
-        raise BenchmarkBinaryError(f"benchmark binary {path!r} has a corrupt ELF header")
-    e_type, e_machine = struct.unpack(order + "HH", header[16:20])
-    if e_type not in (2, 3):  # ET_EXEC, ET_DYN
-        raise BenchmarkBinaryError(
-            f"benchmark binary {path!r} is not an executable (ELF type {e_type}: an object "
-            "file or core dump)"
-        )
-    return e_machine, bits
-
-
-def check_binary_abi(path: str, abis: list[str]) -> None:
-    """Checks that a binary runs on a device with the given ABIs.
-
-    Args:
-        path: The binary on the host.
-        abis: The device's ABIs (`ro.product.cpu.abilist`, primary first).
-
-    Raises:
-        BenchmarkBinaryError: If it is not an executable for any of them.
-    """
-    machine, bits = elf_machine(path)
-    wanted = [ABI_MACHINES[a] for a in abis if a in ABI_MACHINES]
-    if wanted and (machine, bits) not in wanted:
-        have = MACHINE_NAMES.get(machine, f"machine {machine}")
-        raise BenchmarkBinaryError(
-            f"benchmark binary {path!r} is a {bits}-bit {have} executable, but the device runs "
-            f"{', '.join(abis)}; use the benchmark_model build for {abis[0]}"
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceInfo:
-    """What `getprop` says about the device."""
-
-    serial: str
-    model: str
-    android_version: str
-    abi: str
-    abis: tuple[str, ...]
-
-
-def device_info(adb: Adb) -> DeviceInfo:
-    """Reads the device model, Android version and ABIs via `getprop`."""
-    abi = adb.getprop("ro.product.cpu.abi")
-    abilist = [a for a in adb.getprop("ro.product.cpu.abilist").split(",") if a]
-    return DeviceInfo(
-        serial=adb.serial,
-        model=adb.getprop("ro.product.model"),
-        android_version=adb.getprop("ro.build.version.release"),
-        abi=abi,
-        abis=tuple(abilist or ([abi] if abi else [])),
-    )
-
-
-@dataclasses.dataclass(frozen=True)
 class ModelFile:
     """A TFLite file to measure.
 
     Attributes:
         path: Host path.
         name: Its path relative to the models folder ("/"-separated).
-        format: "fp32", "fp16", "int8" for `model_<format>.tflite`, else the stem.
+        format: The card's key of the file where it has a card; else "fp32",
+            "fp16", "int8" for `model_<format>.tflite`, or the stem.
+        sha256: Its digest (`sha256_path`), once `verify_models` has read it.
+        card_folder: The folder whose card verified it (None: no card).
     """
 
     path: str
     name: str
     format: str
+    sha256: str | None = None
+    card_folder: str | None = None
 
 
 def find_models(models_dir: str) -> list[ModelFile]:
     """Every `.tflite` file under a folder (an export folder, a child folder, ...).
+
+    Args:
+        models_dir: The folder (searched recursively).
+
+    Returns:
+        The files, in path order.
 
     Raises:
         FileNotFoundError: If the folder is missing.
@@ -370,98 +144,74 @@ def find_models(models_dir: str) -> list[ModelFile]:
     return found
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+def _verified(model: ModelFile, folder: str, card: dict | None) -> ModelFile:
+    """`model` once its card lists it with its digest (see `verify_models`)."""
+    card_path = os.path.join(folder, card_lib.CARD_JSON)
+    files = (card or {}).get("files") or {}
+    name = os.path.basename(model.path)
+    fmts = [k for k, f in files.items() if isinstance(f, dict) and f.get("file") == name]
+    if card is not None and not fmts:
+        listed = ", ".join(
+            sorted(str(f.get("file")) for f in files.values() if isinstance(f, dict))
+        )
+        raise card_lib.FileDigestError(
+            f"{model.path} is not a file that {card_path} verified (it lists: {listed or 'none'}); "
+            f"export the child again (tools.export) or move the file out of {folder}"
+        )
+    fmt = fmts[0] if fmts else model.format
+    card_lib.verified_file(folder, fmt, card)  # a missing card or another digest: refused
+    return dataclasses.replace(model, format=fmt, sha256=files[fmt]["sha256"], card_folder=folder)
 
 
-def read_csv(path: str) -> list[dict[str, str]]:
-    """The rows of a results CSV ([] when it does not exist)."""
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+def verify_models(models: list[ModelFile]) -> list[ModelFile]:
+    """Each model with its digest, checked against the card of its folder where it has one.
 
-
-def _write_csv(path: str, rows: list[dict[str, str]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def _same_measurement(row: dict[str, str], key: dict[str, str]) -> bool:
-    return all(row.get(k, "") == v for k, v in key.items())
-
-
-def update_model_card(card_path: str, target: str, fmt: str, entry: dict[str, Any]) -> None:
-    """Puts `entry` at card["latency"][target][fmt], rewriting the card atomically.
+    A model in a folder with a `model_card.json` must be a file the card
+    lists, with the sha256 the card verified; a model in a folder without a
+    card (a plain folder of models) is taken as it is.
 
     Args:
-        card_path: The `model_card.json`.
-        target: "host", "android:SERIAL", ...
-        fmt: "fp32", "fp16", "int8", ...
-        entry: The measurement.
+        models: The models (`find_models`).
+
+    Returns:
+        The models with `sha256` set, and `format` and `card_folder` from
+        their card where they have one.
 
     Raises:
-        ValueError: If the card is not a JSON object.
+        FileDigestError: If any model is refused; one line naming every
+            refused file and what it should be.
     """
-    with open(card_path, encoding="utf-8") as f:
+    out, refused = [], []
+    cards: dict[str, dict | None] = {}
+    for m in models:
+        folder = os.path.dirname(m.path)
+        if not os.path.isfile(os.path.join(folder, card_lib.CARD_JSON)):
+            out.append(dataclasses.replace(m, sha256=sha256_path(m.path)))
+            continue
+        if folder not in cards:
+            cards[folder] = card_lib.read_card(folder)
         try:
-            card = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{card_path} is not valid JSON: {e}") from e
-    if not isinstance(card, dict):
-        raise ValueError(f"{card_path} is not a JSON object")
-    card.setdefault("latency", {}).setdefault(target, {})[fmt] = entry
-    atomic_write_json(card_path, card)
+            out.append(_verified(m, folder, cards[folder]))
+        except card_lib.FileDigestError as e:
+            refused.append(str(e))
+    if len(refused) == 1:
+        raise card_lib.FileDigestError(clean(refused[0], one_line=True))
+    if refused:
+        listing = "; ".join(refused)
+        raise card_lib.FileDigestError(
+            clean(f"{len(refused)} models refused: {listing}", one_line=True)
+        )
+    return out
 
 
 def _tail(text: str, lines: int = 4) -> str:
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+    """The last lines of device output, on one line, without control characters."""
+    kept = [printable(line) for line in text.strip().splitlines()[-lines:]]
+    return " | ".join(line for line in kept if line)
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _same_setting(row: dict[str, str], model: str, serial: str, settings: dict[str, str]) -> bool:
-    return (
-        row.get("model") == model
-        and row.get("serial") == serial
-        and _same_measurement(row, settings)
-    )
-
-
-def _timing_cells(timing: Timing) -> dict[str, str]:
-    cells = {}
-    for field in ("avg_ms", "std_ms", "min_ms", "max_ms", "init_ms"):
-        value = getattr(timing, field)
-        cells[field] = "" if value is None else f"{value:.6f}"
-    return cells
-
-
-def _card_entry(
-    timing: Timing, options: BenchmarkOptions, info: DeviceInfo, measured_at: str
-) -> dict[str, Any]:
-    return {
-        "avg_ms": timing.avg_ms,
-        "std_ms": timing.std_ms,
-        "min_ms": timing.min_ms,
-        "max_ms": timing.max_ms,
-        "threads": options.num_threads,
-        "runs": options.num_runs,
-        "warmup_runs": options.warmup_runs,
-        "delegate": options.delegate,
-        "cpu_mask": options.cpu_mask or None,
-        "device": {"model": info.model, "android": info.android_version, "abi": info.abi},
-        "measured_at": measured_at,
-    }
 
 
 def _measure(
@@ -515,6 +265,112 @@ class AndroidReport:
     csv_path: str
 
 
+class _Session:
+    """One run's records: the CSV rows of a models folder on one device with one setting.
+
+    Args:
+        models_dir: The models folder (its CSV is read now, rewritten after each model).
+        info: The device.
+        options: The settings.
+        log: Progress lines.
+    """
+
+    def __init__(
+        self,
+        models_dir: str,
+        info: DeviceInfo,
+        options: BenchmarkOptions,
+        log: Callable[[str], None],
+    ) -> None:
+        self.info, self.options, self.log = info, options, log
+        self.csv_path = os.path.join(models_dir, CSV_NAME)
+        self.rows = read_csv(self.csv_path)
+        self.settings = options.csv_values()
+
+    def _same_setting(self, row: dict[str, str], model: str) -> bool:
+        return (
+            row.get("model") == model
+            and row.get("serial") == self.info.serial
+            and all(row.get(k, "") == v for k, v in self.settings.items())
+        )
+
+    def plan(self, models: list[ModelFile], remeasure: bool) -> tuple[list[ModelFile], list[str]]:
+        """(models to measure, names already measured with these settings)."""
+        todo, skipped = [], []
+        for m in models:
+            done = [r for r in self.rows if self._same_setting(r, m.name)]
+            if not remeasure and any(
+                r.get("sha256") == m.sha256 and r.get("status") == "ok" for r in done
+            ):
+                skipped.append(m.name)
+            else:
+                todo.append(m)
+        return todo, skipped
+
+    def new_row(self, m: ModelFile) -> dict[str, str]:
+        """The CSV row of a model about to be measured (its figures still missing)."""
+        info = self.info
+        return {"model": m.name, "format": m.format, "serial": info.serial,
+                "device_model": info.model, "android_version": info.android_version,
+                "abi": info.abi, "delegate": self.options.delegate, "sha256": m.sha256 or "",
+                **self.settings, "measured_at": _now()}  # fmt: skip
+
+    def record(self, m: ModelFile, row: dict[str, str], timing: Timing | None) -> None:
+        """Saves one model's outcome: the CSV row, and the card entry if it was measured."""
+        if timing is not None and m.card_folder is not None:
+            entry = results.card_entry(timing, self.options, self.info, m.format,
+                                       m.sha256 or "", row["measured_at"])  # fmt: skip
+            results.save_card_entry(m.card_folder, entry)
+        self.rows = [r for r in self.rows if not self._same_setting(r, m.name)]
+        self.rows.append(row)
+        results.write_csv(self.csv_path, self.rows)
+
+
+def _describe(timing: Timing) -> str:
+    text = f"  mean {timing.mean_ms:.3f} ms"
+    if timing.median_ms is not None:
+        text += f", median {timing.median_ms:.3f} ms"
+    if timing.memory_mb is not None:
+        text += f", memory {timing.memory_mb:.1f} MB"
+    return text
+
+
+def _run_models(
+    adb: Adb,
+    session: _Session,
+    todo: list[ModelFile],
+    remote_dir: str,
+    total: int,
+) -> tuple[list[str], dict[str, str]]:
+    """Measures `todo` one by one, saving each outcome; returns (measured, failed)."""
+    remote_bin = f"{remote_dir}/{BINARY_NAME}"
+    measured: list[str] = []
+    failed: dict[str, str] = {}
+    for n, m in enumerate(todo):
+        session.log(f"[{n + 1}/{len(todo)}] {m.name}")
+        row = session.new_row(m)
+        timing = None
+        try:
+            timing = _measure(adb, m, remote_dir, remote_bin, session.options)
+        except (DeviceDisconnectedError, BenchmarkBinaryError):
+            done = total - len(todo) + len(measured)
+            session.log(
+                f"stopped after {done} of {total} models; results are in {session.csv_path}"
+            )
+            raise
+        except AdbError as e:
+            message = clean(e, one_line=True)
+            failed[m.name] = message
+            row.update(status="failed", error=message)
+            session.log(f"  FAILED: {message}")
+        else:
+            row.update(status="ok", error="", **results.timing_cells(timing, session.options))
+            measured.append(m.name)
+            session.log(_describe(timing))
+        session.record(m, row, timing)
+    return measured, failed
+
+
 def benchmark_android(
     models_dir: str,
     binary: str,
@@ -541,6 +397,10 @@ def benchmark_android(
         The run's report.
 
     Raises:
+        FileDigestError: A model is not the file its card verified (nothing
+            is measured, the device is not touched).
+        WorkdirBusyError: Another run holds the lock of the workdir holding
+            `models_dir` (the message names its pid).
         AdbError: adb missing, no device, several devices and no serial, device
             unauthorized or offline.
         BenchmarkBinaryError: The binary is missing, not an executable, or not
@@ -550,78 +410,30 @@ def benchmark_android(
         AndroidBenchmarkError: Some models failed on the device (the others saved).
     """
     options = options or BenchmarkOptions()
-    models = find_models(models_dir)
+    models = verify_models(find_models(models_dir))  # refused here, before the device
     elf_machine(binary)  # missing / not ELF: fail before touching the device
-    adb = adb or Adb(serial)
-    info = device_info(adb)
-    check_binary_abi(binary, list(info.abis))
-    csv_path = os.path.join(models_dir, CSV_NAME)
-    rows = read_csv(csv_path)
-    settings = options.csv_values()
-
-    todo, skipped = [], []
-    digests = {}
-    for m in models:
-        digests[m.name] = _sha256(m.path)
-        key = {"sha256": digests[m.name], "status": "ok"}
-        done = [r for r in rows if _same_setting(r, m.name, info.serial, settings)]
-        if not remeasure and any(_same_measurement(r, key) for r in done):
-            skipped.append(m.name)
-        else:
-            todo.append(m)
-    if skipped:
-        log(f"{len(skipped)} model(s) already measured on {info.serial} with these settings")
-    if not todo:
-        return AndroidReport(info, [], skipped, {}, csv_path)
-
-    remote_dir = device_dir.rstrip("/") or "/"
-    remote_bin = f"{remote_dir}/{BINARY_NAME}"
-    adb.check_shell(["mkdir", "-p", remote_dir], f"create {remote_dir}")
-    adb.push(binary, remote_bin)
-    adb.check_shell(["chmod", "755", remote_bin], f"make {remote_bin} executable")
-
-    measured: list[str] = []
-    failed: dict[str, str] = {}
-    for n, m in enumerate(todo):
-        log(f"[{n + 1}/{len(todo)}] {m.name}")
-        row = {
-            "model": m.name,
-            "format": m.format,
-            "serial": info.serial,
-            "device_model": info.model,
-            "android_version": info.android_version,
-            "abi": info.abi,
-            "sha256": digests[m.name],
-            **settings,
-            "measured_at": _now(),
-        }
-        try:
-            timing = _measure(adb, m, remote_dir, remote_bin, options)
-        except (DeviceDisconnectedError, BenchmarkBinaryError):
-            done = len(measured) + len(skipped)
-            log(f"stopped after {done} of {len(models)} models; results are in {csv_path}")
-            raise
-        except AdbError as e:
-            failed[m.name] = str(e)
-            row.update(status="failed", error=str(e))
-            log(f"  FAILED: {e}")
-        else:
-            row.update(status="ok", error="", **_timing_cells(timing))
-            measured.append(m.name)
-            log(f"  {timing.avg_ms:.3f} ms")
-            card = os.path.join(os.path.dirname(m.path), CARD_NAME)
-            if os.path.isfile(card):
-                entry = _card_entry(timing, options, info, row["measured_at"])
-                update_model_card(card, f"android:{info.serial}", m.format, entry)
-        rows = [r for r in rows if not _same_setting(r, m.name, info.serial, settings)]
-        rows.append(row)
-        _write_csv(csv_path, rows)
-    report = AndroidReport(info, measured, skipped, failed, csv_path)
+    with results.locked(models_dir, log):
+        adb = adb or Adb(serial)
+        info = device_info(adb)
+        check_binary_abi(binary, list(info.abis))
+        session = _Session(models_dir, info, options, log)
+        todo, skipped = session.plan(models, remeasure)
+        if skipped:
+            log(f"{len(skipped)} model(s) already measured on {info.serial} with these settings")
+        if not todo:
+            return AndroidReport(info, [], skipped, {}, session.csv_path)
+        remote_dir = device_dir.rstrip("/") or "/"
+        remote_bin = f"{remote_dir}/{BINARY_NAME}"
+        adb.check_shell(["mkdir", "-p", remote_dir], f"create {remote_dir}")
+        adb.push(binary, remote_bin)
+        adb.check_shell(["chmod", "755", remote_bin], f"make {remote_bin} executable")
+        measured, failed = _run_models(adb, session, todo, remote_dir, len(models))
+    report = AndroidReport(info, measured, skipped, failed, session.csv_path)
     if failed:
         listing = "; ".join(f"{k}: {v}" for k, v in failed.items())
-        raise AndroidBenchmarkError(
+        message = (
             f"{len(failed)} of {len(models)} models failed on {info.serial} (the other results "
-            f"are saved in {csv_path}): {listing}",
-            report,
+            f"are saved in {session.csv_path}): {listing}"
         )
+        raise AndroidBenchmarkError(clean(message, one_line=True), report)
     return report

@@ -20,7 +20,11 @@ child's latency is `scale * (overhead_ms + sum(ms of its parts))`
 timed end to end (parts timed alone run with warm caches and miss some of a
 whole network's time). A part the table lacks is an error that names the part
 and says how to add it. `build_table` measures what a table is missing,
-saving progress as it goes, so an interrupted build resumes.
+saving progress as it goes, so an interrupted build resumes; it holds the
+workdir lock of the table's folder while it writes (`tf_bignas.run.lock`).
+Android tables hold `benchmark_model`'s mean ("statistic": "mean"): the
+median is printed by LiteRT's builds only, and no build prints a 90th
+percentile (see `tf_bignas.latency.benchmark_output`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tf_bignas.common.files import atomic_write_bytes, atomic_write_json
+from tf_bignas.latency import android_results
 from tf_bignas.latency import host as host_lib
 from tf_bignas.latency.parts import (
     Part,
@@ -291,6 +296,9 @@ def build_table(
     `calibration_archs`) are timed end to end the same way and the table's
     `scale` (the median of measured / summed) corrects every prediction.
 
+    The build holds the lock of the workdir holding the table's folder (the
+    folder itself outside a workdir) while it measures and writes.
+
     Args:
         space: The search space.
         num_classes: Classifier outputs.
@@ -314,9 +322,10 @@ def build_table(
 
     Raises:
         LatencyTableError: If the existing file was measured otherwise.
+        WorkdirBusyError: If another run holds the lock (the message names its pid).
         ValueError: If an android target has no binary.
     """
-    kind, serial = parse_target(target)
+    kind, _ = parse_target(target)
     if kind == "android" and not benchmark_binary:
         raise ValueError("an android latency table needs --benchmark_binary (benchmark_model)")
     if kind == "host" and statistic not in host_lib.STATISTICS:
@@ -333,20 +342,50 @@ def build_table(
     else:
         wanted = space_parts(space, num_classes, stage_shortcuts, resolutions)
         calibration = calibration_archs(space, calibration_children, resolutions)
-    if os.path.exists(path):
-        table = LatencyTable.load(path)
-        table.check_compatible(space, num_classes, stage_shortcuts)
-        if table.target != target or table.settings != settings:
-            raise LatencyTableError(
-                f"{path} was measured on {table.target} with {table.settings}, not on {target} "
-                f"with {settings}; choose another --output or the same settings"
-            )
-    else:
-        device = host_lib.host_description(threads) if kind == "host" else {"serial": serial}
-        table = LatencyTable(target, space.name, num_classes, stage_shortcuts, 0.0, settings,
-                             device, path=path)  # fmt: skip
+    folder = os.path.dirname(os.path.abspath(path))
+    with android_results.locked(folder, log):
+        table = _open_table(space, num_classes, stage_shortcuts, path, target, settings)
+        return _build(table, space, wanted, calibration, benchmark_binary, log)
+
+
+def _open_table(
+    space: SearchSpace,
+    num_classes: int,
+    stage_shortcuts: bool,
+    path: str,
+    target: str,
+    settings: dict[str, Any],
+) -> LatencyTable:
+    """The table at `path` (checked against the request), or a new empty one."""
+    if not os.path.exists(path):
+        kind, serial = parse_target(target)
+        device = (
+            host_lib.host_description(settings["threads"]) if kind == "host" else {"serial": serial}
+        )
+        return LatencyTable(target, space.name, num_classes, stage_shortcuts, 0.0, settings,
+                            device, path=path)  # fmt: skip
+    table = LatencyTable.load(path)
+    table.check_compatible(space, num_classes, stage_shortcuts)
+    if table.target != target or table.settings != settings:
+        raise LatencyTableError(
+            f"{path} was measured on {table.target} with {table.settings}, not on {target} "
+            f"with {settings}; choose another --output or the same settings"
+        )
+    return table
+
+
+def _build(
+    table: LatencyTable,
+    space: SearchSpace,
+    wanted: dict[str, Part],
+    calibration: list[ArchConfig],
+    benchmark_binary: str | None,
+    log: Callable[[str], None],
+) -> LatencyTable:
+    """Measures what `table` lacks of `wanted`, fits its scale, saves it (see `build_table`)."""
+    num_classes, stage_shortcuts = table.num_classes, table.stage_shortcuts
     todo = [p for k, p in wanted.items() if k not in table.entries]
-    log(f"{len(wanted)} parts wanted, {len(wanted) - len(todo)} already in {path}")
+    log(f"{len(wanted)} parts wanted, {len(wanted) - len(todo)} already in {table.path}")
     models: dict[str, Callable[[], bytes]] = {}
     if not table.entries:  # a resumed build keeps the overhead its first parts were netted of
         models["null"] = lambda: host_lib.to_tflite(host_lib.null_model())
@@ -370,13 +409,14 @@ def build_table(
         elif name in parts:
             _add(table, parts[name], raw_ms)
 
+    _, serial = parse_target(table.target)
     measured = _measure(table, models, serial, benchmark_binary, record, log)
     table.complete = all(k in table.entries for k in wanted)
     if refit and table.complete:
         table.correction = _fit_scale(table, space, calibration, measured)
         log(f"scale {table.correction['scale']:.3f} from {len(calibration)} whole children")
     table.device["measured_at"] = table.device.get("measured_at") or _now()
-    table.save(path)
+    table.save()
     return table
 
 
@@ -455,11 +495,11 @@ def _measure(
     d = report.device
     table.device = {"serial": d.serial, "model": d.model, "android": d.android_version,
                     "abi": d.abi}  # fmt: skip
-    for row in android.read_csv(report.csv_path):
+    for row in android_results.read_csv(report.csv_path):
         name = row["model"].removesuffix(".tflite")
         same = all(row[k] == v for k, v in options.csv_values().items())
         if name in models and row["status"] == "ok" and row["serial"] == d.serial and same:
-            out[name] = float(row["avg_ms"])
+            out[name] = float(row["mean_ms"])
     if "null" in out:  # the overhead first: the parts are netted of it
         record("null", out["null"])
     for name, ms in out.items():
