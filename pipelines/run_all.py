@@ -10,7 +10,8 @@ child under each budget of `config.chain.budgets`, exports each chosen child
 verified on the evaluation split), times the files on this host, and writes
 WORKDIR/report.md and report.html. Running the same command again skips every
 stage that is complete and continues an interrupted one. Overrides use
-`--config.section.key=value` (an unknown key is an error).
+`--config.section.key=value` (an unknown key, on the command line or in the
+config file, is an error).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from tf_bignas.chain import ChainError, run_chain  # noqa: E402
+from tf_bignas.run.validation import check_config_keys  # noqa: E402
 from tools import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).")
@@ -33,11 +35,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    """Runs (or continues) every stage for the config and workdir of the flags.
+
+    Args:
+        argv: The program name (positional arguments are refused by `cli.run`).
+    """
+    del argv  # cli.run refuses positional arguments
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
+    config = cli.load_config(_CONFIG, check=check_config_keys)
     if not config.chain.budgets:
         raise ValueError(
             "config.chain.budgets is empty: set budgets, e.g. --config.chain.budgets=mflops:250,400"

@@ -35,6 +35,7 @@ from tf_bignas.latency import endtoend, int8, table  # noqa: E402
 from tf_bignas.run.workdir import Workdir, open_workdir  # noqa: E402
 from tf_bignas.search import config as search_config  # noqa: E402
 from tf_bignas.search import parse_budgets, run_search  # noqa: E402
+from tf_bignas.search.costs import LATENCY_MS  # noqa: E402
 from tf_bignas.search.scoring import ChildScorer  # noqa: E402
 from tf_bignas.space import ArchConfig  # noqa: E402
 from tools import cli  # noqa: E402
@@ -53,7 +54,13 @@ _RANK = flags.DEFINE_enum("rank", "float", ["float", "int8"], "Choose by float o
 _INT8_CANDIDATES = flags.DEFINE_integer(
     "int8_candidates", 5, "--rank=int8: best float candidates per budget scored in int8 (0: all)."
 )
-_CONFIG = config_flags.DEFINE_config_dict("config", search_config.default_search_config())
+_CONFIG = config_flags.DEFINE_config_dict(
+    "config",
+    search_config.default_search_config(),
+    "Search options (--config.KEY=VALUE).",
+    # An unknown KEY is left to cli.run's flag parsing: one line naming it, exit code 2.
+    sys_argv=cli.known_overrides_argv("config", search_config.default_search_config()),
+)
 flags.mark_flags_as_required(["workdir", "budgets"])
 
 
@@ -82,12 +89,31 @@ def _latency(path: str, measure: bool, wd: Workdir) -> Callable[[ArchConfig], fl
     return table.latency_function(path, wd.space, wd.num_classes, wd.supernet.stage_shortcuts)
 
 
+def _check_latency_model(kind: str, path: str, measure: bool) -> None:
+    """Refuses `latency_ms` budgets without a latency model, before the workdir is opened.
+
+    Raises:
+        ValueError: Naming --latency_table and --measure_latency.
+    """
+    if kind == LATENCY_MS and not path and not measure:
+        raise ValueError(
+            f"{LATENCY_MS} budgets need a latency model: pass --latency_table=FILE (a table "
+            "built by python -m tools.latency_table for this run's space) or --measure_latency "
+            "(every candidate converted to TFLite and timed on this host)"
+        )
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    """Searches, merges shards and reports, as the flags say.
+
+    Args:
+        argv: The program name (positional arguments are refused by `cli.run`).
+    """
+    del argv  # cli.run refuses positional arguments
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     budgets = parse_budgets(_BUDGETS.value)
+    _check_latency_model(budgets[0].kind, _LATENCY_TABLE.value, _MEASURE_LATENCY.value)
     shard = _shard(_SHARD.value)
     config = _CONFIG.value
     if _METHOD.value:

@@ -86,9 +86,19 @@ def test_imagenet_config_follows_efficientnet_where_the_paper_is_silent():
     [
         ({"runtime.strategy": "tpu"}, "model.mode='slice'.*use --config.model.mode=mask"),
         ({"runtime.jit_compile": True}, "use --config.model.mode=mask"),
-        ({"schedule.decay_from": "warmup"}, "decay_from='warmup' is unknown"),
-        ({"data.transport": "bf16"}, r"data.transport='bf16' is unknown; allowed: \['float'"),
-        ({"train.calibration_images": 0}, "train.calibration_images must be a positive int"),
+        (
+            {"model.mode": "sliced"},
+            r"config.model.mode = 'sliced' is out of range; allowed: one of \['slice', 'mask'\]",
+        ),
+        (
+            {"schedule.decay_from": "warmup"},
+            r"config.schedule.decay_from = 'warmup' is out of range; allowed: one of \['step0'",
+        ),
+        (
+            {"data.transport": "bf16"},
+            r"config.data.transport = 'bf16' is out of range; allowed: one of \['float'",
+        ),
+        ({"train.calibration_images": 0}, "config.train.calibration_images = 0 is out of range"),
         (
             {"data.shared_patch": False, "data.transport": "patch"},
             r"data.shared_patch=False \(a patch per resolution\) needs data.transport='uint8'",
@@ -99,7 +109,11 @@ def test_imagenet_config_follows_efficientnet_where_the_paper_is_silent():
         ),
         (
             {"train.calibration_batch_size": -3},
-            "calibration_batch_size must be a positive int, got -3",
+            "config.train.calibration_batch_size = -3 is out of range; allowed: an integer >= 1",
+        ),
+        (
+            {"train.epoch": 3.0},
+            r"unknown option train.epoch \(from the config\); did you mean train.epochs\?",
         ),
     ],
 )

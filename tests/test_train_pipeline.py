@@ -47,8 +47,15 @@ def _variables(workdir):
 
 def test_unknown_config_key_is_an_error(tmp_path):
     out = _run(tmp_path / "w", "--config.train.bogus_key=3")
-    assert out.returncode != 0
-    assert "bogus_key" in out.stderr
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, out.stderr[-2000:]
+    assert errors[0].startswith(
+        "train.py: error: unknown option train.bogus_key (from --config.train.bogus_key);"
+    )
+    assert "options of train: batch_size," in errors[0]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "w").exists()
 
 
 def test_sigkill_and_restart_equals_an_uninterrupted_run(tmp_path):

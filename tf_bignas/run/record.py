@@ -27,33 +27,15 @@ import tensorflow as tf
 
 from tf_bignas.common.files import atomic_write_json
 from tf_bignas.run import workdir as wd
+from tf_bignas.run.schema import resumable_options
 from tf_bignas.run.validation import flatten, is_remote
 
 RUN_FORMAT = 1
 # Options that may differ between the start of a run and a resume: they change
 # how the run is logged, evaluated, checkpointed or executed, not what it trains.
-RESUMABLE_OPTIONS = (
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.eval_every",
-    "train.eval_batches",
-    "train.eval_train_images",
-    "train.calibration_images",
-    "train.calibration_batch_size",
-    "train.calibration_batches",
-    "train.max_abs_weight",
-    "runtime.steps_per_loop",
-    "data.data_dir",
-    "data.eval_split",
-    "data.strict",
-    "runtime.tpu",
-    "runtime.threads",
-    "runtime.lean_grappler",
-    "runtime.deterministic",
-    "runtime.jit_compile",
-    "chain.*",  # what happens after training (search, export, benchmarks)
-)
+# Derived from the schema (each option's `resumable`); "chain.*" is the whole
+# chain section (what happens after training: search, export, benchmarks).
+RESUMABLE_OPTIONS = resumable_options()
 
 
 class ResumeMismatchError(wd.WorkdirError):

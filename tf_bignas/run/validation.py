@@ -1,11 +1,12 @@
 """Checks every training option, the workdir path and the data before a run writes anything.
 
-`validate_options(config)` checks each option of the tree against a rule (its
-type and allowed range or choices, see `option_rules`) and the combinations
-that would fail later; `validate_max_steps`, `validate_workdir_path` and
-`validate_dataset` check the rest of a run's input. Every error is a
-`ConfigError` (a `ValueError`) that names the option, the value it got and
-what is allowed, e.g.
+`validate_options(config)` rejects an option the schema does not hold
+(`tf_bignas.run.schema`, with a "did you mean"), checks each value against
+its rule there (type and allowed range or choices, see `option_rules`) and
+the combinations that would fail later (`check_model_mode` among them);
+`validate_max_steps`, `validate_workdir_path` and `validate_dataset` check
+the rest of a run's input. Every error is a `ConfigError` (a `ValueError`)
+that names the option, the value it got and what is allowed, e.g.
 
     config.train.batch_size = 0 is out of range; allowed: an integer >= 1
 
@@ -15,233 +16,45 @@ hours into training.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import numbers
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
-from tf_bignas.data.augment import AUGMENT_NAMES
-from tf_bignas.run.config import DECAY_FROM, STRATEGIES
-from tf_bignas.run.config import SCHEDULE_KINDS as KINDS
-from tf_bignas.space import space_names
+from tf_bignas.run.schema import (
+    OPTIONS,
+    ConfigError,
+    Rule,
+    check_known_options,
+    is_int,
+    is_number,
+)
 
-
-class ConfigError(ValueError):
-    """An option, the workdir path or the data is not allowed (the message says which)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """What one option may hold.
-
-    Attributes:
-        kind: "int", "float", "bool", "str", "choice", "ints" (a list of ints)
-            or "pair" (checked by `validate_options` itself).
-        low: Smallest allowed number (ints, floats, elements of "ints").
-        high: Largest allowed number.
-        low_open: `low` itself is not allowed.
-        high_open: `high` itself is not allowed.
-        choices: The allowed values of a "choice".
-        nonempty: A "str" must not be empty.
-        note: What the value means, added to the error (e.g. "0 = off").
-    """
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple[Any, ...] = ()
-    nonempty: bool = False
-    note: str = ""
-
-    def allowed(self) -> str:
-        """The allowed values, in words."""
-        if self.kind == "bool":
-            return "True or False"
-        if self.kind == "choice":
-            return f"one of {list(self.choices)}"
-        if self.kind == "str":
-            return "a non-empty string" if self.nonempty else "a string"
-        noun = {"int": "an integer", "float": "a number", "ints": "a list of integers"}[self.kind]
-        bounds = []
-        if self.low is not None:
-            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        text = f"{noun} {' and '.join(bounds)}".rstrip()
-        if self.kind == "ints" and bounds:
-            text = f"a list of integers, each {' and '.join(bounds)}"
-        return f"{text} ({self.note})" if self.note else text
-
-    def check(self, name: str, value: Any) -> None:
-        """Raises ConfigError naming `name` if `value` breaks the rule."""
-        if not self._ok(value):
-            raise ConfigError(
-                f"config.{name} = {value!r} is "
-                f"{'out of range' if self._typed(value) else 'of the wrong type'}; "
-                f"allowed: {self.allowed()}"
-            )
-
-    def _typed(self, value: Any) -> bool:
-        if self.kind == "int":
-            return _is_int(value)
-        if self.kind == "float":
-            return _is_number(value)
-        if self.kind == "ints":
-            return isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
-        if self.kind == "bool":
-            return isinstance(value, bool)
-        if self.kind == "str":
-            return isinstance(value, str)
-        return True
-
-    def _in_range(self, x: float) -> bool:
-        if not math.isfinite(x):
-            return False
-        if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
-            return False
-        if self.high is not None and (x > self.high or (self.high_open and x == self.high)):
-            return False
-        return True
-
-    def _ok(self, value: Any) -> bool:
-        if self.kind == "pair":
-            return True  # (min, max) pairs are checked with their meaning by the caller
-        if not self._typed(value):
-            return False
-        if self.kind in ("int", "float"):
-            return self._in_range(float(value))
-        if self.kind == "ints":
-            return all(self._in_range(float(v)) for v in value)
-        if self.kind == "choice":
-            return value in self.choices
-        if self.kind == "str":
-            return bool(value.strip()) or not self.nonempty
-        return True
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _int(low: int | None = None, note: str = "", high: int | None = None) -> Rule:
-    return Rule("int", low=low, high=high, note=note)
-
-
-def _float(
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    note: str = "",
-) -> Rule:
-    return Rule("float", low=low, high=high, low_open=low_open, high_open=high_open, note=note)
-
-
-def _choice(*choices: Any) -> Rule:
-    return Rule("choice", choices=tuple(choices))
+__all__ = [
+    "ConfigError",
+    "Rule",
+    "check_config_keys",
+    "check_known_options",
+    "check_model_mode",
+    "flatten",
+    "is_remote",
+    "option_rules",
+    "validate_dataset",
+    "validate_max_steps",
+    "validate_options",
+    "validate_workdir_path",
+]
 
 
 def option_rules() -> dict[str, Rule]:
-    """The rule of every option of `default_config()`, by dotted name.
+    """The rule of every option of `default_config()`, by dotted name (from the schema).
 
     Returns:
-        {"section.key": Rule}; `tests/test_workdir_integrity.py` checks that
-        every option of the default tree has one.
+        {"section.key": Rule}, a fresh dict.
     """
-    boolean, text = Rule("bool"), Rule("str")
-    name = Rule("str", nonempty=True)
-    fraction = _float(0.0, 1.0, high_open=True)
-    return {
-        "seed": _int(0),
-        # model
-        "model.space": _choice(*space_names()),
-        "model.train_resolutions": Rule("ints", low=8, note="empty = the space's own"),
-        "model.resolutions": Rule("ints", low=8, note="empty = the training resolutions"),
-        "model.mode": _choice("slice", "mask"),
-        "model.zero_init_last_bn": boolean,
-        "model.stage_shortcuts": boolean,
-        "model.synchronized_bn": boolean,
-        "model.dropout_rate": fraction,
-        "model.bn_epsilon": _float(0.0, low_open=True),
-        # data
-        "data.source": name,
-        "data.data_dir": text,
-        "data.train_split": name,
-        "data.eval_split": name,
-        "data.minival": _float(0.0, note="images (>= 1) or a fraction (< 1) of train; 0 = none"),
-        "data.augment": _choice(*AUGMENT_NAMES),
-        "data.base_resolution": _int(0, "0 = the largest training resolution"),
-        "data.crop_scale": Rule("pair"),  # checked in validate_options
-        "data.strict": boolean,
-        "data.shared_patch": boolean,
-        "data.transport": name,  # the choices: validate_config (tf_bignas.data.device)
-        # sandwich
-        "sandwich.num_random": _int(0),
-        "sandwich.inplace_distillation": boolean,
-        "sandwich.distill_weight": _float(0.0, 1.0),
-        "sandwich.distill_ramp": _float(0.0, 1.0, note="a fraction of the training steps"),
-        "sandwich.label_smoothing": fraction,
-        "sandwich.weight_decay": _float(0.0),
-        "sandwich.regularize_all_children": boolean,
-        # optimizer
-        "optimizer.base_lr": _float(0.0, low_open=True),
-        "optimizer.reference_batch": _int(1),
-        "optimizer.rho": fraction,
-        "optimizer.momentum": fraction,
-        "optimizer.epsilon": _float(0.0, low_open=True),
-        "optimizer.initial_accumulator": _float(0.0),
-        "optimizer.ema": boolean,
-        "optimizer.ema_decay": _float(0.0, 1.0, low_open=True, high_open=True),
-        # schedule
-        "schedule.kind": _choice(*KINDS),
-        "schedule.warmup_epochs": _float(0.0),
-        "schedule.decay_rate": _float(0.0, 1.0, low_open=True),
-        "schedule.decay_epochs": _float(0.0, low_open=True),
-        "schedule.final_lr_fraction": _float(0.0, 1.0),
-        "schedule.constant_ending": boolean,
-        "schedule.staircase": boolean,
-        "schedule.decay_from": _choice(*DECAY_FROM),
-        # train
-        "train.batch_size": _int(1, "the global batch, over all replicas"),
-        "train.epochs": _float(0.0, low_open=True),
-        "train.log_every": _int(1, "steps"),
-        "train.checkpoint_every": _int(1, "steps"),
-        "train.keep_checkpoints": _int(1),
-        "train.checkpoint_data": boolean,
-        "train.eval_every": _int(0, "steps; 0 = only at the end"),
-        "train.calibration_images": _int(1),
-        "train.calibration_batch_size": _int(1),
-        "train.eval_batches": _int(0, "0 = the whole eval split"),
-        "train.eval_train_images": _int(0, "0 = none"),
-        "train.max_abs_weight": _float(0.0, low_open=True),
-        "runtime.steps_per_loop": _int(1, "steps per compiled call"),
-        # chain (pipelines/run_all.py; its programs check the values' meaning)
-        "chain.budgets": text,
-        "chain.search_method": name,
-        "chain.search_log_every": _int(1),
-        "chain.quantize": text,
-        "chain.verify_examples": _int(0, "0 = the whole eval split"),
-        "chain.int8_min_agreement": _float(0.0, 1.0),
-        "chain.benchmark_threads": _int(1),
-        "chain.benchmark_runs": _int(1),
-        # runtime
-        "runtime.strategy": _choice(*STRATEGIES),
-        "runtime.tpu": text,
-        "runtime.deterministic": boolean,
-        "runtime.jit_compile": boolean,
-        "runtime.threads": _int(0, "0 = TensorFlow's default"),
-        "runtime.lean_grappler": boolean,
-    }
+    return {name: option.rule for name, option in OPTIONS.items()}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -255,20 +68,63 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def validate_options(config: ml_collections.ConfigDict) -> None:
-    """Checks every option's type and range, and combinations that would fail later.
+def check_config_keys(config: ml_collections.ConfigDict, origin: str = "the config") -> None:
+    """Rejects an option of a config tree that the schema does not hold (a misspelt key).
 
     Args:
-        config: The resolved config.
+        config: A config, e.g. as a config file built it.
+        origin: Where it came from, e.g. "--config=configs/x.py".
 
     Raises:
-        ConfigError: Naming the first bad option, its value and what is allowed.
+        ConfigError: Naming the option, `origin`, the closest known option and
+            the options of its section.
     """
-    rules = option_rules()
-    for name, value in flatten(config).items():
-        if name in rules:
-            rules[name].check(name, value)
-    m, d = config.model, config.data
+    check_known_options(flatten(config), origin)
+
+
+def check_model_mode(mode: Any, strategy: str = "default", jit_compile: bool = False) -> None:
+    """Checks `model.mode`, alone and with what needs static shapes (TPUs, XLA).
+
+    Every stage that builds a supernet for a strategy checks the mode here.
+
+    Args:
+        mode: The value of `model.mode`.
+        strategy: The value of `runtime.strategy` ("tpu" needs "mask").
+        jit_compile: The value of `runtime.jit_compile` (True needs "mask").
+
+    Raises:
+        ConfigError: If the mode is unknown, or "slice" where static shapes
+            are needed (the message names --config.model.mode=mask).
+    """
+    OPTIONS["model.mode"].rule.check("model.mode", mode)
+    if strategy == "tpu" and mode != "mask":
+        raise ConfigError(
+            f"runtime.strategy='tpu' needs static shapes, but model.mode={mode!r} slices "
+            "weights to dynamic shapes that XLA cannot compile; use --config.model.mode=mask"
+        )
+    if jit_compile and mode != "mask":
+        raise ConfigError(
+            f"runtime.jit_compile=True needs static shapes, but model.mode={mode!r}; "
+            "use --config.model.mode=mask"
+        )
+
+
+def _check_combinations(config: ml_collections.ConfigDict) -> None:
+    """The checks that need more than one option (each option's own rule passed)."""
+    m, d, rt = config.model, config.data, config.runtime
+    check_model_mode(m.mode, rt.strategy, rt.jit_compile)
+    if rt.steps_per_loop > 1 and rt.strategy == "multi_worker":
+        # Measured: the collectives of synchronized BN inside the on-device loop
+        # were matched across different steps of the two workers (shape mismatch).
+        raise ConfigError(
+            f"runtime.steps_per_loop={rt.steps_per_loop} is not supported with "
+            "runtime.strategy='multi_worker' (collective ops inside the on-device loop); use 1"
+        )
+    if not d.shared_patch and d.transport == "patch":
+        raise ConfigError(
+            "data.shared_patch=False (a patch per resolution) needs data.transport='uint8' or "
+            "'float'; 'patch' ships one shared patch"
+        )
     if m.resolutions and not m.train_resolutions:
         raise ConfigError(
             f"config.model.resolutions = {tuple(m.resolutions)} needs "
@@ -283,7 +139,7 @@ def validate_options(config: ml_collections.ConfigDict) -> None:
     if not (
         isinstance(crop, (list, tuple))
         and len(crop) == 2
-        and all(_is_number(v) and math.isfinite(v) for v in crop)
+        and all(is_number(v) and math.isfinite(v) for v in crop)
         and 0.0 < crop[0] <= crop[1] <= 1.0
     ):
         raise ConfigError(
@@ -297,6 +153,31 @@ def validate_options(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def validate_options(config: ml_collections.ConfigDict, origin: str = "the config") -> None:
+    """Checks every option's name, type and range, and combinations that would fail later.
+
+    Args:
+        config: The resolved config.
+        origin: Where it came from, for the message about an unknown option
+            (e.g. "--config=configs/x.py").
+
+    Raises:
+        ConfigError: Naming the first unknown or bad option, its value and
+            what is allowed.
+    """
+    values = flatten(config)
+    check_known_options(values, origin)  # as check_config_keys
+    missing = [name for name in OPTIONS if name not in values]
+    if missing:
+        raise ConfigError(
+            f"{origin} lacks the option(s) {', '.join(missing)}; a config starts from "
+            "tf_bignas.run.config.default_config()"
+        )
+    for name, value in values.items():
+        OPTIONS[name].rule.check(name, value)
+    _check_combinations(config)
+
+
 def validate_max_steps(max_steps: int | None) -> None:
     """Checks the `max_steps` argument of a run.
 
@@ -305,7 +186,7 @@ def validate_max_steps(max_steps: int | None) -> None:
     """
     if max_steps is None:
         return
-    if not _is_int(max_steps) or max_steps < 1:
+    if not is_int(max_steps) or max_steps < 1:
         raise ConfigError(
             f"max_steps = {max_steps!r} is out of range; allowed: an integer >= 1 "
             "(--max_steps=0 on the command line: run all the configured epochs)"

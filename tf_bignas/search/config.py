@@ -4,7 +4,8 @@
 placeholders (empty tuples, zeros), so a program can define it as a flag
 before it knows the workdir; `resolve_search_config(config, space,
 train_config)` fills the placeholders for a run's space and training config
-and checks every value. With `space` given, `default_search_config(space)`
+and checks every value (an option it does not have is an error naming the
+closest one). With `space` given, `default_search_config(space)`
 returns the resolved defaults directly.
 
 Defaults for the paper's space are the paper's (section 4.4): a coarse grid of
@@ -20,6 +21,8 @@ import math
 
 import ml_collections
 
+from tf_bignas.run.schema import unknown_option_message
+from tf_bignas.run.validation import flatten
 from tf_bignas.space import InvalidArchError, SearchSpace
 
 METHODS = ("coarse_to_fine", "random", "evolution")
@@ -139,8 +142,13 @@ def resolve_search_config(
         A resolved copy (the input is not changed).
 
     Raises:
-        ValueError: Naming the option, its value and what is allowed.
+        ValueError: Naming the option, its value and what is allowed, or an
+            option that the search does not have (with the closest one).
     """
+    known = set(flatten(default_search_config()))
+    for name in flatten(config):
+        if name not in known:
+            raise ValueError(unknown_option_message(name, known, "the search config"))
     c = ml_collections.ConfigDict(config.to_dict())
     if c.method not in METHODS:
         raise ValueError(f"search method {c.method!r} is unknown; known: {list(METHODS)}")

@@ -1,7 +1,8 @@
 """What the training stage builds from a run's config: the schedule and the optimizer.
 
-The option tree itself, its checks and the builders every stage shares (space,
-supernet) are `tf_bignas.run.config`.
+The option tree itself is written once in `tf_bignas.run.schema` (defaults,
+rules, resume policy, docs); `tf_bignas.run.config` builds it, checks it and
+holds the builders every stage shares (space, supernet).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from tf_bignas.train.optimizers import RMSpropTF
+from tf_bignas.run.optimizers import RMSpropTF
 from tf_bignas.train.schedules import BigNASSchedule, scaled_learning_rate
 
 

@@ -88,14 +88,17 @@ def build_strategy(
         name: "default" (one device), "mirrored" (all local GPUs, or `devices`),
             "multi_worker" (MultiWorkerMirroredStrategy; cluster from TF_CONFIG),
             or "tpu".
-        tpu: TPU name or grpc address for "tpu" ("" = the local or Colab TPU).
+        tpu: For "tpu": a TPU name or grpc://host:port address reachable from
+            this machine, "local" (a TPU VM's own TPU), or "" (the TPU that
+            the environment names, e.g. on Colab).
         devices: Explicit devices for "mirrored", e.g. ["/cpu:0", "/cpu:1"].
 
     Returns:
         The strategy.
 
     Raises:
-        ValueError: On an unknown name, or a TPU that cannot be reached.
+        ValueError: On an unknown name, or a TPU that cannot be reached (see
+            `connect_tpu`).
     """
     if name == "default":
         return tf.distribute.get_strategy()
@@ -104,15 +107,39 @@ def build_strategy(
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, RuntimeError, tf.errors.OpError) as e:
-            where = f"at {tpu!r}" if tpu else "on this machine (no --tpu address given)"
-            raise ValueError(
-                f"strategy 'tpu': no TPU found {where}: {e}. Pass the TPU name or "
-                "grpc://host:port address, or use --strategy=default|mirrored|multi_worker"
-            ) from e
-        return tf.distribute.TPUStrategy(resolver)
+        return tf.distribute.TPUStrategy(connect_tpu(tpu))
     raise ValueError(f"unknown strategy {name!r}; allowed: {list(STRATEGIES)}")
+
+
+def connect_tpu(tpu: str = "") -> tf.distribute.cluster_resolver.TPUClusterResolver:
+    """Finds a TPU, connects to it and initialises it.
+
+    Args:
+        tpu: A TPU name or grpc://host:port address reachable from this
+            machine, "local" (a TPU VM's own TPU), or "" (the TPU that the
+            environment names, e.g. on Colab).
+
+    Returns:
+        The resolver, connected.
+
+    Raises:
+        ValueError: Naming the TPU, what went wrong and what is expected, if
+            the TPU cannot be found or reached (the resolver's own errors, such
+            as a raw ``urlopen error`` for an unknown name, are wrapped).
+    """
+    where = f"named {tpu!r}" if tpu else "on this machine (no --tpu given)"
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except Exception as e:  # noqa: BLE001 - the resolver raises whatever its transport raises
+        # An unknown name: urllib's URLError (an OSError) from the metadata or
+        # Cloud TPU API lookup; no TPU: ValueError / RuntimeError; an
+        # unreachable address: a tf.errors.OpError; no client library: ImportError.
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise ValueError(
+            f"strategy 'tpu': no TPU found {where} ({reason}); expected --tpu=NAME or "
+            "--tpu=grpc://HOST:PORT of a TPU reachable from this VM, or --tpu=local on a TPU "
+            "VM; or use --strategy=default|mirrored|multi_worker"
+        ) from e
+    return resolver
