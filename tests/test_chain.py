@@ -9,6 +9,9 @@ import shutil
 import pytest
 
 from tf_bignas.chain import ChainError, run_chain
+from tf_bignas.chain.run import benchmark_stage
+from tf_bignas.common.files import atomic_write_json
+from tf_bignas.run.card import find_latency, read_card
 from tf_bignas.search.config import default_search_config
 from tf_bignas.space import get_space
 
@@ -25,12 +28,10 @@ def _small_search():
     return c
 
 
-def test_the_chain_trains_searches_exports_benchmarks_and_reports(trained_workdir, tmp_path):
+def _chain_config():
     from conftest import quickstart_config
 
-    workdir = str(tmp_path / "run")
-    shutil.copytree(trained_workdir, workdir)  # training is complete: the chain skips it
-    config = quickstart_config(
+    return quickstart_config(
         chain__budgets="mflops:0.7,3",
         chain__verify_examples=64,
         # A 48-step model has many near ties, which int8 flips (measured 0.875 on
@@ -44,8 +45,21 @@ def test_the_chain_trains_searches_exports_benchmarks_and_reports(trained_workdi
         train__eval_batches=8,
         data__minival=200,
     )
+
+
+@pytest.fixture(scope="module")
+def chained(trained_workdir, tmp_path_factory):
+    """The chain run once on a copy of the trained run: (workdir, config, result, lines)."""
+    workdir = str(tmp_path_factory.mktemp("chain") / "run")
+    shutil.copytree(trained_workdir, workdir)  # training is complete: the chain skips it
+    config = _chain_config()
     lines = []
     result = run_chain(config, workdir, search_config=_small_search(), log=lines.append)
+    return workdir, config, result, lines
+
+
+def test_the_chain_trains_searches_exports_benchmarks_and_reports(chained):
+    workdir, config, result, lines = chained
     assert result.stages == {
         "train": "already complete",
         "search": "done now",
@@ -59,7 +73,7 @@ def test_the_chain_trains_searches_exports_benchmarks_and_reports(trained_workdi
         assert entry["macs"] <= entry["limit"] * 1e6
         folder = os.path.join(workdir, "export", entry["budget"].replace(":", "_"))
         card = json.loads(open(f"{folder}/model_card.json").read())
-        assert {"fp32", "int8"} <= set(card["latency"]["host"])
+        assert {"fp32", "int8"} <= {e["format"] for e in find_latency(card, target="host")}
         assert card["paper_notation"] == entry["paper_notation"]
     report = open(f"{workdir}/report.md").read()
     for entry in selection["budgets"]:
@@ -75,6 +89,43 @@ def test_the_chain_trains_searches_exports_benchmarks_and_reports(trained_workdi
     assert [again.stages[s] for s in ("train", "search", "export", "benchmark")] == [
         "already complete"
     ] * 4
+
+
+def _drop_host_latency(folder: str) -> None:
+    card = read_card(folder)
+    card["latency"] = [e for e in find_latency(card) if e.get("target") != "host"]
+    atomic_write_json(os.path.join(folder, "model_card.json"), card)
+
+
+def test_the_benchmark_skips_a_swapped_file_naming_it(chained, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(chained[0], workdir)
+    export = os.path.join(workdir, "export")
+    swapped_folder, other = os.path.join(export, "mflops_0.7"), os.path.join(export, "mflops_3")
+    swapped = os.path.join(swapped_folder, "model_int8.tflite")
+    shutil.copy(os.path.join(swapped_folder, "model_fp32.tflite"), swapped)  # a file swapped
+    for folder in (swapped_folder, other):
+        _drop_host_latency(folder)  # both children need timing again
+
+    lines = []
+    assert benchmark_stage(export, threads=1, runs=3, log=lines.append) == (
+        "done now (1 file(s) skipped)"
+    )
+    skipped = [line for line in lines if "skipped, not timed" in line]
+    assert len(skipped) == 1 and swapped in skipped[0] and "has sha256" in skipped[0]
+    assert "\n" not in skipped[0]
+    timed = {e["format"] for e in find_latency(read_card(other), target="host")}
+    assert {"fp32", "int8"} <= timed  # the other child's verified files are timed
+    # The swapped file is never timed (and host_benchmark times a folder's files
+    # together, so its siblings wait until it is restored, saying so).
+    assert not find_latency(read_card(swapped_folder), target="host")
+    assert any("not timing" in line and "model_int8.tflite differs" in line for line in lines)
+    lines.clear()
+    original = os.path.join(chained[0], "export", "mflops_0.7", "model_int8.tflite")
+    shutil.copy(original, swapped)  # restored: it verifies again and is timed
+    assert benchmark_stage(export, threads=1, runs=3, log=lines.append) == "done now"
+    assert not [line for line in lines if "skipped" in line]
+    assert find_latency(read_card(swapped_folder), target="host", format="int8")
 
 
 def test_a_failing_stage_is_named_with_the_command_that_resumes(trained_workdir, tmp_path):

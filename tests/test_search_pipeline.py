@@ -69,6 +69,32 @@ def test_search_program_writes_the_selection_and_keeps_it_on_bad_input(workdir):
         assert f.read() == before
 
 
+def test_a_second_search_of_a_workdir_is_refused_naming_the_first(workdir):
+    # Another process holds the workdir (a search running): the program stops at
+    # once, one line naming that process, and writes nothing.
+    hold = (
+        "import sys\nfrom tf_bignas.run.lock import locked\n"
+        "with locked(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, workdir], cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    folder = os.path.join(workdir, "search")
+
+    def files() -> dict[str, bytes]:
+        return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
+
+    before = files()
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = _run("pipelines.search", f"--workdir={workdir}", "--budgets=mflops:1", *SMALL)
+    finally:
+        holder.communicate(timeout=60)  # releases the lock
+    assert out.returncode == 2
+    [line] = [x for x in out.stderr.splitlines() if "error:" in x]
+    assert f"in use by another run: pid {holder.pid} " in line
+    assert files() == before
+
+
 def test_arch_info_costs_a_child_of_the_workdirs_space(workdir):
     arch = "16 2:1:2 16:8:24:32:64 5:3:3"
     out = _run("tools.arch_info", f"--workdir={workdir}", f"--arch={arch}", "--json")

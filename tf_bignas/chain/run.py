@@ -10,7 +10,10 @@ already complete:
   child evaluated before);
 - export: each child folder with a model card and a passed verification is
   reused file by file (`tf_bignas.export`);
-- benchmark: every exported file has a host latency in its model card;
+- benchmark: every exported file that matches its model card (its sha256 is
+  the one the card verified, `tf_bignas.run.card.verified_file`) has a host
+  latency in the card for the chain's thread count (else time them); a file
+  that differs from its card is named on one line and never timed;
 - report: always rewritten (it only reads).
 
 A stage that fails raises `ChainError` naming the stage, why, and the command
@@ -20,7 +23,6 @@ that resumes the chain.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,9 +30,11 @@ from collections.abc import Callable, Sequence
 import ml_collections
 
 from tf_bignas.chain.report import write_report
+from tf_bignas.common.text import clean
 from tf_bignas.export import export_lib, host_benchmark
 from tf_bignas.export.children import resolve_children
-from tf_bignas.run.card import read_card
+from tf_bignas.run.card import FileDigestError, find_latency, read_card, verified_file
+from tf_bignas.run.selection import SelectionError, read_selection
 from tf_bignas.run.workdir import RESULTS_FILE, WEIGHTS_FILE, open_workdir
 from tf_bignas.search import parse_budgets, run_search
 from tf_bignas.search.config import default_search_config
@@ -63,24 +67,101 @@ class ChainResult:
 
 
 def _search_complete(workdir: str, budgets: Sequence[str], digest: str) -> bool:
-    path = os.path.join(workdir, "search", "selection.json")
+    """Whether `search/selection.json` answers every budget, for these weights."""
     try:
-        with open(path, encoding="utf-8") as f:
-            selection = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return False
-    have = {b["budget"] for b in selection.get("budgets", [])}
-    return selection.get("weights_digest") == digest and set(budgets) <= have
+        selection = read_selection(os.path.join(workdir, "search", "selection.json"))
+    except SelectionError:
+        return False  # missing or invalid: the search (re)writes it
+    have = {c.budget.name for c in selection.budgets}
+    return selection.weights_digest == digest and set(budgets) <= have
 
 
-def _benchmarked(export_dir: str) -> bool:
+@dataclasses.dataclass
+class _FolderFiles:
+    """A child folder's files for the benchmark: verified ones, and ones that differ.
+
+    Attributes:
+        verified: {benchmark format: path} of files matching the card.
+        untimed: {benchmark format: path} of verified files without a host
+            latency (at the thread count) for their current content.
+        bad: Paths of files that differ from the card (or that it does not list).
+    """
+
+    verified: dict[str, str]
+    untimed: dict[str, str]
+    bad: list[str]
+
+
+def _check_folder(
+    folder: str, files: dict[str, str], threads: int, log: Callable[[str], None]
+) -> _FolderFiles:
+    """Checks each file of a child folder against its card (one line per file that differs)."""
+    card = read_card(folder)
+    key_of = {f.get("file"): k for k, f in ((card or {}).get("files") or {}).items()}
+    out = _FolderFiles({}, {}, [])
+    for fmt, path in sorted(files.items()):
+        key = key_of.get(os.path.basename(path), fmt)
+        try:
+            verified_file(folder, key, card)
+        except FileDigestError as e:
+            log(f"benchmark: skipped, not timed: {clean(e, one_line=True)}")
+            out.bad.append(path)
+            continue
+        out.verified[fmt] = path
+        digest = card["files"][key]["sha256"]
+        timed = [
+            e
+            for e in find_latency(card, target="host", format=fmt, threads=threads)
+            if e.get("sha256") in (None, digest)
+        ]
+        if not timed:
+            out.untimed[fmt] = path
+    return out
+
+
+def benchmark_stage(
+    export_dir: str, threads: int, runs: int, log: Callable[[str], None] = print
+) -> str:
+    """The chain's benchmark stage: times the verified files that have no host latency yet.
+
+    Every file is checked against its model card first (`verified_file`): a
+    file that differs (changed or swapped after export) or that the card
+    does not list is named on one line and not timed. `host_benchmark` times
+    a folder's files together, so while a folder holds such a file, its
+    other files wait too (one line says so); other folders are timed.
+
+    Args:
+        export_dir: The export folder (one subfolder per child).
+        threads: Interpreter threads.
+        runs: Timed invocations per file.
+        log: Where progress and skip lines go.
+
+    Returns:
+        "done now", "already complete", or a note naming what was skipped.
+
+    Raises:
+        FileNotFoundError: If `export_dir` is missing.
+        ValueError: If it holds no .tflite file.
+    """
     folders = host_benchmark.find_model_folders(export_dir)
-    for child, files in folders.items():
-        card = read_card(os.path.join(export_dir, child)) or {}
-        host = card.get("latency", {}).get("host", {})
-        if not set(files) <= set(host):
-            return False
-    return bool(folders)
+    checked = {f: _check_folder(f, files, threads, log) for f, files in folders.items()}
+    bad = [p for c in checked.values() for p in c.bad]
+    todo = [f for f, c in checked.items() if c.untimed]
+    if not todo:
+        return "already complete" + (f" ({len(bad)} file(s) skipped)" if bad else "")
+    if not bad:
+        host_benchmark.benchmark_models(export_dir, threads=threads, runs=runs, log=log)
+        return "done now"
+    for folder in todo:
+        if checked[folder].bad:
+            names = ", ".join(os.path.basename(p) for p in checked[folder].bad)
+            log(
+                f"benchmark: {folder}: not timing {sorted(checked[folder].untimed)} either while "
+                f"{names} differs from the card (export again with tools.export, or restore it)"
+            )
+        else:
+            host_benchmark.benchmark_models(folder, threads=threads, runs=runs, log=log)
+    return f"done now ({len(bad)} file(s) skipped)"
 
 
 def run_chain(
@@ -160,12 +241,7 @@ def run_chain(
         return "done now" if written else "already complete"
 
     def do_benchmark() -> str:
-        if _benchmarked(export_dir):
-            return "already complete"
-        host_benchmark.benchmark_models(
-            export_dir, threads=ch.benchmark_threads, runs=ch.benchmark_runs, log=log
-        )
-        return "done now"
+        return benchmark_stage(export_dir, ch.benchmark_threads, ch.benchmark_runs, log)
 
     def do_report() -> str:
         write_report(workdir)

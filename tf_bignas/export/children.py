@@ -1,9 +1,10 @@
 """Which children to export: budgets of the search's selection, or arch specs.
 
 The search writes `WORKDIR/search/selection.json` (one chosen child per
-budget; schema in `tf_bignas.search.report`). `resolve_children` reads it (as
-JSON: export does not import the search) and picks the budgets asked for, or
-all of them; arch specs (`largest`, `smallest`, a JSON file, JSON text or the
+budget). `resolve_children` reads it through `tf_bignas.run.selection`
+(checked, every child in the run's space; export does not import the search)
+and picks the budgets asked for (`tf_bignas.run.budget`'s grammar), or all
+of them; arch specs (`largest`, `smallest`, a JSON file, JSON text or the
 paper's notation) add children of the run's space. Each child gets a folder
 name: `KIND_VALUE` for a budget (e.g. `mflops_250`), the keyword for
 `largest`/`smallest`, else `arch_<digest>`.
@@ -13,18 +14,29 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from tf_bignas.export.errors import ExportError
+from tf_bignas.run import selection as selection_lib
+from tf_bignas.run.budget import BUDGET_KINDS, Budget, BudgetError, parse_budget_list
+from tf_bignas.run.selection import Selection, SelectionError
 from tf_bignas.run.workdir import Workdir
 from tf_bignas.space import ArchConfig, InvalidArchError
 
+__all__ = [
+    "BUDGET_KINDS",
+    "SELECTION_PATH",
+    "ExportChild",
+    "arch_child",
+    "budget_folder",
+    "parse_budget_names",
+    "read_selection",
+    "resolve_children",
+]
+
 SELECTION_PATH = os.path.join("search", "selection.json")
-BUDGET_KINDS = ("mflops", "params_m", "latency_ms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +48,9 @@ class ExportChild:
         arch: The child.
         origin: Where it came from ("selection.json budget mflops:250",
             "--arch largest", ...).
-        selection: Its entry of `selection.json` (budget, metric, test
-            accuracy, ...), or None for an arch given directly.
+        selection: Its entry of `selection.json` as written in the file
+            (`SelectedChild.to_dict()`: budget, metric, test accuracy, ...),
+            or None for an arch given directly.
     """
 
     name: str
@@ -49,6 +62,8 @@ class ExportChild:
 def parse_budget_names(text: str) -> list[tuple[str, float]]:
     """Reads `KIND:V1,V2,...[,KIND2:V3,...]` into (kind, limit) pairs.
 
+    A thin wrapper of the one budget grammar, `tf_bignas.run.budget.parse_budget_list`.
+
     Args:
         text: E.g. "mflops:250,400" or "mflops:250,params_m:1.5".
 
@@ -58,45 +73,30 @@ def parse_budget_names(text: str) -> list[tuple[str, float]]:
     Raises:
         ExportError: If the text is malformed or a kind unknown.
     """
-    out: list[tuple[str, float]] = []
-    kind = None
-    for token in str(text).split(","):
-        token = token.strip()
-        if not token:
-            continue
-        if ":" in token:
-            kind, _, token = token.partition(":")
-            kind = kind.strip()
-            if kind not in BUDGET_KINDS:
-                raise ExportError(
-                    f"unknown budget kind {kind!r} in {text!r}; known kinds: {list(BUDGET_KINDS)}"
-                )
-        if kind is None:
-            raise ExportError(
-                f"budgets {text!r} are not of the form KIND:V1,V2,... (e.g. mflops:250,400)"
-            )
-        try:
-            limit = float(token)
-        except ValueError:
-            limit = math.nan
-        if not math.isfinite(limit) or limit <= 0:
-            raise ExportError(f"budget value {token!r} in {text!r} is not a positive number")
-        out.append((kind, limit))
-    if not out:
-        raise ExportError(f"no budget in {text!r}; expected KIND:V1,V2,... (e.g. mflops:250)")
-    return out
+    try:
+        return [(b.kind, b.limit) for b in parse_budget_list(text)]
+    except BudgetError as e:
+        raise ExportError(str(e)) from e
 
 
 def budget_folder(kind: str, limit: float) -> str:
     """`KIND_VALUE`, e.g. "mflops_250": a budget's child folder name."""
-    return f"{kind}_{limit:g}"
+    return Budget(kind, limit).folder
 
 
-def read_selection(workdir: Workdir) -> dict[str, Any]:
-    """Reads `WORKDIR/search/selection.json`.
+def read_selection(workdir: Workdir) -> Selection:
+    """Reads and checks `WORKDIR/search/selection.json` (every child in the run's space).
+
+    Args:
+        workdir: The run.
+
+    Returns:
+        The Selection.
 
     Raises:
-        ExportError: If it is missing, unreadable, or not a selection.
+        ExportError: If it is missing (saying how to make it), unreadable, or
+            not a valid selection of the run's space (naming the file and what
+            is wrong).
     """
     path = os.path.join(workdir.path, SELECTION_PATH)
     if not os.path.isfile(path):
@@ -107,51 +107,31 @@ def read_selection(workdir: Workdir) -> dict[str, Any]:
             "paper notation)"
         )
     try:
-        with open(path, encoding="utf-8") as f:
-            selection = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"cannot read {path}: {e}") from e
-    if not isinstance(selection, dict) or not isinstance(selection.get("budgets"), list):
-        raise ExportError(f"{path} is not a search selection (no 'budgets' list)")
-    return selection
+        return selection_lib.read_selection(path, workdir.space)
+    except SelectionError as e:
+        raise ExportError(str(e)) from e
 
 
 def _selection_children(
-    workdir: Workdir, selection: dict[str, Any], wanted: list[tuple[str, float]] | None
+    workdir: Workdir, selection: Selection, wanted: list[tuple[str, float]] | None
 ) -> list[ExportChild]:
     path = os.path.join(workdir.path, SELECTION_PATH)
-    digest = selection.get("weights_digest")
-    if digest and digest != workdir.weights_digest:
+    if selection.weights_digest != workdir.weights_digest:
         raise ExportError(
-            f"{path} was made for weights {digest}, but the workdir's weights are "
-            f"{workdir.weights_digest} ({workdir.weights}): run the search again"
+            f"{path} was made for weights {selection.weights_digest}, but the workdir's "
+            f"weights are {workdir.weights_digest} ({workdir.weights}): run the search again"
         )
-    entries = {}
-    for entry in selection["budgets"]:
-        try:
-            entries[(entry["kind"], float(entry["limit"]))] = entry
-        except (KeyError, TypeError, ValueError) as e:
-            raise ExportError(f"{path}: a budget entry lacks kind/limit: {entry!r}") from e
+    entries = {(c.budget.kind, c.budget.limit): c for c in selection.budgets}
     keys = list(entries) if wanted is None else wanted
-    missing = [f"{k}:{v:g}" for k, v in keys if (k, v) not in entries]
+    missing = [Budget(k, v).name for k, v in keys if (k, v) not in entries]
     if missing:
-        known = [f"{k}:{v:g}" for k, v in entries]
+        known = [c.budget.name for c in selection.budgets]
         raise ExportError(f"budgets {missing} are not in {path}; it has {known}")
     out = []
-    for kind, limit in keys:
-        entry = entries[(kind, limit)]
-        name = f"{kind}:{limit:g}"
-        try:
-            arch = ArchConfig.from_dict(entry["arch"])
-            workdir.space.validate(arch)
-        except (KeyError, TypeError, InvalidArchError) as e:
-            raise ExportError(
-                f"{path}: the child of budget {name} is not in the run's space "
-                f"{workdir.space.name!r}: {e}"
-            ) from e
-        out.append(
-            ExportChild(budget_folder(kind, limit), arch, f"selection.json budget {name}", entry)
-        )
+    for key in keys:
+        entry = entries[key]
+        origin = f"selection.json budget {entry.budget.name}"
+        out.append(ExportChild(entry.budget.folder, entry.arch, origin, entry.to_dict()))
     return out
 
 

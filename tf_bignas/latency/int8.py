@@ -24,13 +24,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from tf_bignas.common.files import atomic_write_bytes, atomic_write_json
+from tf_bignas.common.text import md_code
 from tf_bignas.data.normalization import DEFAULT_NORMALIZATION, Normalization
 from tf_bignas.export import models as export_models
 from tf_bignas.export import tflite as export_tflite
-from tf_bignas.model import BNStatsStore, Supernet
-from tf_bignas.model.bn_stats import BNStats
+from tf_bignas.model import Supernet
+from tf_bignas.model.bn_stats import BNStats, merge_bn_stats
 from tf_bignas.model.slicing import extract_child
 from tf_bignas.run.evaluator import Accuracy, ChildEvaluator
+from tf_bignas.run.lock import locked_for
+from tf_bignas.run.selection import SELECTION_FILE, SelectedChild, read_selection, write_selection
 from tf_bignas.run.workdir import Workdir
 from tf_bignas.space import ArchConfig
 
@@ -276,6 +279,109 @@ class _Int8Cache:
         self.values[key] = record
 
 
+class _Int8Ranker:
+    """The int8 scores and test accuracies of one ranking (each child converted once)."""
+
+    def __init__(
+        self,
+        wd: Workdir,
+        folder: str,
+        data: SearchData,
+        representative_images: int,
+        threads: int,
+        log: Callable[[str], None],
+    ) -> None:
+        self.wd, self.data, self.log = wd, data, log
+        self.scorer = Int8Scorer(wd.supernet, representative_images, threads=threads)
+        self.evaluator = ChildEvaluator(wd.supernet)
+        identity = {"weights_digest": wd.weights_digest, "split": data.split,
+                    **self.scorer.describe()}  # fmt: skip
+        self.cache = _Int8Cache(os.path.join(folder, "int8_scores.jsonl"), identity)
+        self.contents: dict[str, bytes] = {}  # int8 files converted in this call, by arch key
+        self.tests: dict[str, dict[str, float]] = {}
+
+    def selection(self, arch: ArchConfig) -> dict[str, Any]:
+        """The child's int8 score on the selection split (cached in `int8_scores.jsonl`)."""
+        hit = self.cache.get(arch.key)
+        if hit is None:
+            t0, res, data = time.perf_counter(), arch.resolution, self.data
+            stats = self.evaluator.calibrate(arch, iter(data.calibration_data(res)), store=False)
+            content = self.scorer.convert(arch, stats, data.calibration_data(res))
+            self.contents[arch.key] = content
+            acc = self.scorer.accuracy(content, data.selection_data(res))
+            self.cache.put(arch.key, {"arch": arch.to_dict(), "int8_top1": acc.top1,
+                                      "int8_top5": acc.top5, "num_examples": acc.num_examples,
+                                      "seconds": round(time.perf_counter() - t0, 2)})  # fmt: skip
+            hit = self.cache.get(arch.key)
+            self.log(
+                f"  int8 {arch.to_paper_notation()}: {100 * acc.top1:.2f}% ({hit['seconds']} s)"
+            )
+        return hit
+
+    def tested(self, arch: ArchConfig) -> dict[str, float]:
+        """The child's float and int8 test accuracy (calibrated into the run's store)."""
+        if arch.key not in self.tests:
+            data, supernet = self.data, self.wd.supernet
+            float_acc = data.test(arch)  # calibrates into the run's store, as for ranking
+            content = self.contents.get(arch.key) or self.scorer.convert(
+                arch, supernet.bn_stats.get(arch), data.calibration_data(arch.resolution)
+            )
+            test = self.wd.eval_dataset(
+                data.test_split, arch.resolution, data.batch_size, normalize=False
+            )
+            int8_acc = self.scorer.accuracy(content, test, data.test_batches)
+            self.tests[arch.key] = {"test_top1": float_acc.top1, "test_top5": float_acc.top5,
+                                    "int8_test_top1": int8_acc.top1,
+                                    "int8_test_top5": int8_acc.top5}  # fmt: skip
+        return self.tests[arch.key]
+
+    def rank(
+        self, entry: SelectedChild, records: Mapping[str, dict[str, Any]], candidates: int
+    ) -> tuple[dict[str, Any], SelectedChild]:
+        """One budget: its ranking row, and its int8-ranked entry of `selection.json`."""
+        kind, limit, float_arch = entry.budget.kind, entry.budget.limit, entry.arch
+        fitting = []
+        for key, r in records.items():
+            c = record_cost(r, kind)
+            if c is None:
+                raise ValueError(
+                    f"the search records have no {kind} cost; search with a latency model"
+                )
+            if c <= limit or key == float_arch.key:
+                fitting.append(r)
+        fitting.sort(key=lambda r: -r["metric"])
+        chosen = fitting[: candidates or len(fitting)]
+        if float_arch.key not in {ArchConfig.from_dict(r["arch"]).key for r in chosen}:
+            chosen.append(records[float_arch.key])
+        self.log(f"{entry.budget.name}: {len(chosen)} of {len(fitting)} fitting children in int8")
+        scored = []
+        for r in chosen:
+            arch = ArchConfig.from_dict(r["arch"])
+            s = self.selection(arch)
+            scored.append({"arch": arch.to_dict(), "paper_notation": arch.to_paper_notation(),
+                           "method": r["method"], "cost": record_cost(r, kind),
+                           "macs": r["macs"], "params": r["params"],
+                           "latency_ms": r.get("latency_ms"), "metric": r["metric"],
+                           "int8_metric": s["int8_top1"]})  # fmt: skip
+        best = max(scored, key=lambda c: (c["int8_metric"], c["metric"], -c["cost"]))
+        best_arch = ArchConfig.from_dict(best["arch"])
+        float_choice = next(c for c in scored if c["arch"] == float_arch.to_dict())
+        float_choice = {**float_choice, **self.tested(float_arch)}
+        int8_choice = {**best, **self.tested(best_arch)}
+        changed = best_arch.key != float_arch.key
+        row = {"budget": entry.budget.name, "float_choice": float_choice,
+               "int8_choice": int8_choice, "changed": changed, "candidates": scored}  # fmt: skip
+        ranked = dataclasses.replace(
+            entry, arch=best_arch, macs=best["macs"], params=best["params"],
+            latency_ms=best["latency_ms"], metric=best["metric"],
+            test_top1=int8_choice["test_top1"], test_top5=int8_choice["test_top5"],
+            method=best["method"], rank=RANK_INT8, int8_metric=best["int8_metric"],
+            int8_test_top1=int8_choice["int8_test_top1"],
+            float_ranked_choice=float_choice["paper_notation"],
+        )  # fmt: skip
+        return row, ranked
+
+
 def rank_by_int8(
     wd: Workdir,
     folder: str,
@@ -296,9 +402,10 @@ def rank_by_int8(
     Writes `int8_ranking.json` (both choices and every candidate, float and
     int8), rewrites `selection.json` with the int8-ranked choices (marked
     ``"rank": "int8"``, with their int8 metrics; "metric" stays the float
-    selection top-1), puts the chosen children's BN statistics into the run's
-    store, and adds an "Int8 ranking" section to `report.md`. Scores are kept
-    in `int8_scores.jsonl`, so a rerun is quick.
+    selection top-1), merges the chosen children's BN statistics into the
+    run's store (`merge_bn_stats`), and adds an "Int8 ranking" section to
+    `report.md`. Scores are kept in `int8_scores.jsonl`, so a rerun is quick.
+    The whole ranking holds the workdir's lock.
 
     Args:
         wd: The trained run (`open_workdir`).
@@ -313,131 +420,47 @@ def rank_by_int8(
         The ranking.
 
     Raises:
-        ValueError: If the folder has no finished search for these weights, or
-            a latency budget's records have no latency.
+        SelectionError: If the folder's `selection.json` is missing or invalid
+            (the message names it).
+        ValueError: If the selection was made with other weights, or a
+            latency budget's records have no latency.
+        WorkdirBusyError: If another process holds the workdir's lock.
     """
-    supernet, weights_digest, bn_stats_path = wd.supernet, wd.weights_digest, wd.bn_stats_path()
-    selection_path = os.path.join(folder, "selection.json")
-    try:
-        with open(selection_path, encoding="utf-8") as f:
-            selection = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"no finished search in {folder!r} ({e}); run the search first") from e
-    if selection.get("weights_digest") != weights_digest:
-        raise ValueError(f"{selection_path} was made with other weights; search again first")
-    records: dict[str, dict[str, Any]] = {}
-    for r in _read_jsonl(os.path.join(folder, "evaluations.jsonl")):
-        if "arch" in r and "metric" in r:
-            records.setdefault(ArchConfig.from_dict(r["arch"]).key, r)
-    scorer = Int8Scorer(supernet, representative_images, threads=threads)
-    evaluator = ChildEvaluator(supernet)
-    cache = _Int8Cache(
-        os.path.join(folder, "int8_scores.jsonl"),
-        {"weights_digest": weights_digest, "split": data.split, **scorer.describe()},
-    )
-
-    def calibrated(arch: ArchConfig) -> BNStats:  # a candidate's statistics, not stored
-        return evaluator.calibrate(arch, iter(data.calibration_data(arch.resolution)), store=False)
-
-    contents: dict[str, bytes] = {}  # int8 files converted in this call, by arch key
-
-    def int8_selection(arch: ArchConfig) -> dict[str, Any]:
-        hit = cache.get(arch.key)
-        if hit is None:
-            t0 = time.perf_counter()
-            res = arch.resolution
-            content = scorer.convert(arch, calibrated(arch), data.calibration_data(res))
-            contents[arch.key] = content
-            acc = scorer.accuracy(content, data.selection_data(res))
-            cache.put(arch.key, {"arch": arch.to_dict(), "int8_top1": acc.top1,
-                                 "int8_top5": acc.top5, "num_examples": acc.num_examples,
-                                 "seconds": round(time.perf_counter() - t0, 2)})  # fmt: skip
-            hit = cache.get(arch.key)
-            log(f"  int8 {arch.to_paper_notation()}: {100 * acc.top1:.2f}% ({hit['seconds']} s)")
-        return hit
-
-    tests: dict[str, dict[str, float]] = {}
-
-    def tested(arch: ArchConfig) -> dict[str, float]:
-        if arch.key not in tests:
-            float_acc = data.test(arch)  # calibrates into the run's store, as for ranking
-            content = contents.get(arch.key) or scorer.convert(
-                arch, supernet.bn_stats.get(arch), data.calibration_data(arch.resolution)
+    with locked_for(wd.path, log=log):
+        selection_path = os.path.join(folder, SELECTION_FILE)
+        selection = read_selection(selection_path, wd.space)
+        if selection.weights_digest != wd.weights_digest:
+            raise ValueError(
+                f"{selection_path} was made with weights {selection.weights_digest}, not the "
+                f"run's {wd.weights_digest}; search again first"
             )
-            test = wd.eval_dataset(
-                data.test_split, arch.resolution, data.batch_size, normalize=False
-            )
-            int8_acc = scorer.accuracy(content, test, data.test_batches)
-            tests[arch.key] = {"test_top1": float_acc.top1, "test_top5": float_acc.top5,
-                               "int8_test_top1": int8_acc.top1,
-                               "int8_test_top5": int8_acc.top5}  # fmt: skip
-        return tests[arch.key]
-
-    rows, changed, entries = [], [], []
-    for entry in selection["budgets"]:
-        kind, limit = entry["kind"], float(entry["limit"])
-        float_arch = ArchConfig.from_dict(entry["arch"])
-        fitting = []
-        for key, r in records.items():
-            c = record_cost(r, kind)
-            if c is None:
-                raise ValueError(
-                    f"the search records have no {kind} cost; search with a latency model"
-                )
-            if c <= limit or key == float_arch.key:
-                fitting.append(r)
-        fitting.sort(key=lambda r: -r["metric"])
-        chosen = fitting[: candidates or len(fitting)]
-        if float_arch.key not in {ArchConfig.from_dict(r["arch"]).key for r in chosen}:
-            chosen.append(records[float_arch.key])
-        log(f"{entry['budget']}: {len(chosen)} of {len(fitting)} fitting children in int8")
-        scored = []
-        for r in chosen:
-            arch = ArchConfig.from_dict(r["arch"])
-            s = int8_selection(arch)
-            scored.append({"arch": arch.to_dict(), "paper_notation": arch.to_paper_notation(),
-                           "method": r["method"], "cost": record_cost(r, kind),
-                           "macs": r["macs"], "params": r["params"],
-                           "latency_ms": r.get("latency_ms"), "metric": r["metric"],
-                           "int8_metric": s["int8_top1"]})  # fmt: skip
-        best = max(scored, key=lambda c: (c["int8_metric"], c["metric"], -c["cost"]))
-        best_arch = ArchConfig.from_dict(best["arch"])
-        float_choice = next(c for c in scored if c["arch"] == float_arch.to_dict())
-        float_choice = {**float_choice, **tested(float_arch)}
-        int8_choice = {**best, **tested(best_arch)}
-        if best_arch.key != float_arch.key:
-            changed.append(entry["budget"])
-        rows.append({"budget": entry["budget"], "float_choice": float_choice,
-                     "int8_choice": int8_choice, "changed": best_arch.key != float_arch.key,
-                     "candidates": scored})  # fmt: skip
-        entries.append({**entry, "arch": best["arch"], "paper_notation": best["paper_notation"],
-                        "macs": best["macs"], "params": best["params"],
-                        "latency_ms": best["latency_ms"], "metric": best["metric"],
-                        "test_top1": int8_choice["test_top1"],
-                        "test_top5": int8_choice["test_top5"], "method": best["method"],
-                        "rank": RANK_INT8, "int8_metric": best["int8_metric"],
-                        "int8_test_top1": int8_choice["int8_test_top1"],
-                        "float_ranked_choice": float_choice["paper_notation"]})  # fmt: skip
-
-    store = BNStatsStore.load(bn_stats_path) if os.path.isfile(bn_stats_path) else BNStatsStore()
-    for row in rows:
-        for choice in ("float_choice", "int8_choice"):
-            arch = ArchConfig.from_dict(row[choice]["arch"])
-            store.put(arch, supernet.bn_stats.get(arch))
-    store.save(bn_stats_path)
-    path = os.path.join(folder, "int8_ranking.json")
-    atomic_write_json(path, {"format": 1, "weights_digest": weights_digest,
-                             "selection_split": data.split, "test_split": data.test_split,
-                             "candidates_per_budget": candidates, **scorer.describe(),
-                             "budgets": rows})  # fmt: skip
-    atomic_write_json(selection_path, {**selection, "rank": RANK_INT8, "budgets": entries})
-    report = os.path.join(folder, "report.md")
-    text = ""
-    if os.path.isfile(report):
-        with open(report, encoding="utf-8") as f:
-            text = f.read().split(REPORT_SECTION)[0].rstrip() + "\n\n"
-    atomic_write_bytes(report, (text + int8_markdown(rows, data.split, data.test_split)).encode())
-    return Int8Ranking(path, rows, changed)
+        records: dict[str, dict[str, Any]] = {}
+        for r in _read_jsonl(os.path.join(folder, "evaluations.jsonl")):
+            if "arch" in r and "metric" in r:
+                records.setdefault(ArchConfig.from_dict(r["arch"]).key, r)
+        ranker = _Int8Ranker(wd, folder, data, representative_images, threads, log)
+        ranked = [ranker.rank(entry, records, candidates) for entry in selection.budgets]
+        rows = [row for row, _ in ranked]
+        archs = {ArchConfig.from_dict(row[c]["arch"]) for row in rows
+                 for c in ("float_choice", "int8_choice")}  # fmt: skip
+        merge_bn_stats(wd.bn_stats_path(), {a: wd.supernet.bn_stats.get(a) for a in archs})
+        path = os.path.join(folder, "int8_ranking.json")
+        atomic_write_json(path, {"format": 1, "weights_digest": wd.weights_digest,
+                                 "selection_split": data.split, "test_split": data.test_split,
+                                 "candidates_per_budget": candidates,
+                                 **ranker.scorer.describe(), "budgets": rows})  # fmt: skip
+        write_selection(
+            selection_path,
+            dataclasses.replace(selection, rank=RANK_INT8, budgets=tuple(e for _, e in ranked)),
+        )
+        report = os.path.join(folder, "report.md")
+        text = ""
+        if os.path.isfile(report):
+            with open(report, encoding="utf-8") as f:
+                text = f.read().split(REPORT_SECTION)[0].rstrip() + "\n\n"
+        section = int8_markdown(rows, data.split, data.test_split)
+        atomic_write_bytes(report, (text + section).encode())
+    return Int8Ranking(path, rows, [row["budget"] for row in rows if row["changed"]])
 
 
 REPORT_SECTION = "## Int8 ranking"
@@ -466,8 +489,8 @@ def int8_markdown(rows: list[dict[str, Any]], split: str, test_split: str) -> st
         REPORT_SECTION,
         "",
         f"Candidates re-ranked by the accuracy of their int8 TFLite file (full-integer "
-        f"post-training quantisation) on {split!r}; float and int8 top-1 (%) on {split!r} "
-        f"and on {test_split!r}.",
+        f"post-training quantisation) on {md_code(split)}; float and int8 top-1 (%) on "
+        f"{md_code(split)} and on {md_code(test_split)}.",
         "",
         "| budget | ranking | child | float sel. | int8 sel. | float test | int8 test |",
         "|---|---|---|---|---|---|---|",
@@ -475,7 +498,7 @@ def int8_markdown(rows: list[dict[str, Any]], split: str, test_split: str) -> st
     for row in rows:
         for name, c in (("float", row["float_choice"]), ("int8", row["int8_choice"])):
             lines.append(
-                f"| {row['budget']} | {name} | `{c['paper_notation']}` | {pct(c['metric'])} | "
+                f"| {row['budget']} | {name} | {md_code(c['paper_notation'])} | {pct(c['metric'])} | "
                 f"{pct(c['int8_metric'])} | {pct(c['test_top1'])} | {pct(c['int8_test_top1'])} |"
             )
     changed = [r["budget"] for r in rows if r["changed"]]

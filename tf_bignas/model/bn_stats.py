@@ -3,12 +3,23 @@
 Batch norm in the supernet keeps no running averages during training; each
 child gets its own statistics by re-calibration (`tf_bignas.run.evaluator`),
 and this store keeps them keyed by the child's arch (resolution included).
+
+Several stages add children to a run's `bn_stats.npz` (the search, int8
+ranking, export): each does it with `merge_bn_stats(path, {arch: stats})`,
+which reads the file again under an exclusive lock, adds or replaces only
+those children and writes it atomically, so no writer loses another's
+entries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import os
+import zipfile
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -81,3 +92,54 @@ class BNStatsStore:
                     for j, name in enumerate(entry["layers"])
                 }
         return store
+
+
+@contextlib.contextmanager
+def _folder_locked(path: str) -> Iterator[None]:
+    """Holds an exclusive `flock` on the folder of `path` (a no-op on remote storage)."""
+    if "://" in path:
+        yield
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def merge_bn_stats(path: str, stats: Mapping[ArchConfig, BNStats]) -> int:
+    """Adds children's statistics to the store file `path`, keeping every other child's.
+
+    The file is read again and written atomically while an exclusive lock of
+    its folder is held, so concurrent merges (another stage, another process)
+    never drop each other's children. A child already in the file is replaced.
+
+    Args:
+        path: The `.npz` store (created if missing).
+        stats: {arch: its calibrated statistics}.
+
+    Returns:
+        The number of children in the file after the merge.
+
+    Raises:
+        ValueError: If the existing file is not a readable store (it is left
+            as it was; the message names it).
+    """
+    with _folder_locked(path):
+        store = BNStatsStore()
+        if os.path.isfile(path):
+            try:
+                store = BNStatsStore.load(path)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+                raise ValueError(
+                    f"{path} is not a readable BN statistics store ({type(e).__name__}: {e}); "
+                    "nothing was written. Move it aside to start a new one (the children in it "
+                    "are then calibrated again when needed)"
+                ) from e
+        for arch, child_stats in stats.items():
+            store.put(arch, child_stats)
+        store.save(path)
+        return len(store)

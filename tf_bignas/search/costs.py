@@ -3,7 +3,9 @@
 A budget is `KIND:VALUE`, e.g. ``mflops:250`` (250 million multiply-adds,
 what the paper calls MFLOPs), ``params_m:4.5`` (4.5 million parameters) or
 ``latency_ms:12.5``. `parse_budgets("mflops:250,400,600")` reads the flag's
-form, several values of one kind.
+form, several values of one kind. The grammar, `Budget` and `BudgetError`
+live in `tf_bignas.run.budget` (export and the chain read budgets too) and
+are re-exported here.
 
 A cost model is any callable `arch -> float` in its budget kind's unit with a
 `kind` attribute (`CostModel`). `MacsCost` and `ParamsCost` come from the
@@ -20,89 +22,42 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from tf_bignas.model import cost as cost_lib
+from tf_bignas.run.budget import (
+    BUDGET_KINDS,
+    LATENCY_MS,
+    MFLOPS,
+    PARAMS_M,
+    UNITS,
+    Budget,
+    BudgetError,
+    parse_budget_list,
+    parse_budgets,
+)
 from tf_bignas.space import ArchConfig, SearchSpace
 
-MFLOPS = "mflops"
-PARAMS_M = "params_m"
-LATENCY_MS = "latency_ms"
-BUDGET_KINDS = (MFLOPS, PARAMS_M, LATENCY_MS)
-UNITS = types.MappingProxyType({MFLOPS: "MFLOPs", PARAMS_M: "M params", LATENCY_MS: "ms"})
-
-
-class BudgetError(ValueError):
-    """A budget is malformed, of an unknown kind, or no child can meet it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """An upper limit on one cost of the chosen child.
-
-    Attributes:
-        kind: One of `BUDGET_KINDS`.
-        limit: The largest allowed cost, in the kind's unit.
-    """
-
-    kind: str
-    limit: float
-
-    @property
-    def name(self) -> str:
-        """`KIND:VALUE`, e.g. "mflops:250" (the flag's spelling)."""
-        return f"{self.kind}:{self.limit:g}"
-
-    @property
-    def folder(self) -> str:
-        """`KIND_VALUE`, e.g. "mflops_250": the chosen child's folder name."""
-        return f"{self.kind}_{self.limit:g}"
-
-    def fits(self, cost: float) -> bool:
-        """Whether a cost meets the budget."""
-        return cost <= self.limit
-
-
-def parse_budgets(text: str) -> tuple[Budget, ...]:
-    """Reads `KIND:V1,V2,...` (one kind, one or more limits).
-
-    Args:
-        text: E.g. "mflops:250,400,600".
-
-    Returns:
-        The budgets in ascending order of limit (duplicates dropped).
-
-    Raises:
-        BudgetError: If the text is malformed, the kind unknown, or a limit not
-            a positive number.
-    """
-    kind, sep, values = str(text).strip().partition(":")
-    kind = kind.strip()
-    if not sep or not values.strip():
-        raise BudgetError(
-            f"budgets {text!r} are not of the form KIND:V1,V2,... with KIND one of "
-            f"{list(BUDGET_KINDS)}, e.g. mflops:250,400,600"
-        )
-    if kind not in BUDGET_KINDS:
-        raise BudgetError(
-            f"unknown budget kind {kind!r} in {text!r}; known kinds: {list(BUDGET_KINDS)} "
-            f"(mflops = million multiply-adds, params_m = million parameters, latency_ms)"
-        )
-    limits = []
-    for value in values.split(","):
-        try:
-            limit = float(value)
-        except ValueError:
-            limit = math.nan
-        if not math.isfinite(limit) or limit <= 0:
-            raise BudgetError(
-                f"budget value {value.strip()!r} in {text!r} is not a positive number"
-            )
-        limits.append(limit)
-    return tuple(Budget(kind, v) for v in sorted(set(limits)))
+__all__ = [
+    "BUDGET_KINDS",
+    "LATENCY_MS",
+    "MFLOPS",
+    "PARAMS_M",
+    "UNITS",
+    "Budget",
+    "BudgetError",
+    "CostModel",
+    "CostRange",
+    "FunctionCost",
+    "MacsCost",
+    "ParamsCost",
+    "check_budgets",
+    "cost_models",
+    "cost_range",
+    "parse_budget_list",
+    "parse_budgets",
+]
 
 
 class CostModel(Protocol):
