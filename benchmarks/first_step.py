@@ -110,8 +110,8 @@ def _measure(variant: str) -> dict[str, float]:
     import tensorflow as tf
 
     from tf_bignas.model import Supernet
+    from tf_bignas.run.optimizers import RMSpropTF
     from tf_bignas.space import get_space
-    from tf_bignas.train.optimizers import RMSpropTF
     from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
 
     tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)

@@ -54,8 +54,8 @@ from absl import app, flags
 from benchmarks.common import matmul_gmacs, timed
 from tf_bignas.model import Supernet, cost
 from tf_bignas.model.slicing import extract_child
+from tf_bignas.run.optimizers import RMSpropTF
 from tf_bignas.space import ArchConfig, get_space
-from tf_bignas.train.optimizers import RMSpropTF
 from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children
 
 _SPACE = flags.DEFINE_string("space", "bignas_mobilenetv2", "Search space name.")

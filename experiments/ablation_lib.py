@@ -180,7 +180,7 @@ def report(rows: list[dict], path: str, command: str) -> None:
         for c in ("smallest", "largest")
     }
     lines = [
-        "# Ablations (section 4.3), test top-1 of the smallest and largest child",
+        "# Ablations (sections 3.1 and 4.3), test top-1 of the smallest and largest child",
         "",
         f"Produced by `{command}`. Full method's seed-to-seed spread (max - min): "
         + ", ".join(

@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 from tf_bignas.data import build_eval_dataset, build_train_dataset  # noqa: E402
 from tf_bignas.model import Supernet  # noqa: E402
 from tf_bignas.run.evaluator import ChildEvaluator  # noqa: E402
-from tf_bignas.space import get_space  # noqa: E402
 from tf_bignas.run.optimizers import RMSpropTF  # noqa: E402
+from tf_bignas.space import get_space  # noqa: E402
 from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children  # noqa: E402
 
 GLOBAL_BATCH = 8

@@ -11,6 +11,7 @@ import pytest
 from tf_bignas.chain import ChainError, run_chain
 from tf_bignas.chain.run import benchmark_stage
 from tf_bignas.common.files import atomic_write_json
+from tf_bignas.export.options import ExportOptions, Thresholds
 from tf_bignas.run.card import find_latency, read_card
 from tf_bignas.search.config import default_search_config
 from tf_bignas.space import get_space
@@ -136,3 +137,47 @@ def test_a_failing_stage_is_named_with_the_command_that_resumes(trained_workdir,
     config = quickstart_config(chain__budgets="mflops:0.01")  # below the smallest child
     with pytest.raises(ChainError, match=r"stage 'search' failed: .*0\.01.*resume with: CMD"):
         run_chain(config, workdir, search_config=_small_search(), resume_command="CMD")
+
+
+def test_the_readme_python_example_runs_on_the_chains_workdir(chained, capsys):
+    """README.md's "Python API" block, run as written on the chain's workdir."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 8
+    workdir = chained[0]
+    code = code.replace("workdirs/quickstart", workdir).replace("mflops:1.5", "mflops:0.7")
+    # The chain's export options (a 48-step model needs its lowered int8 threshold),
+    # so the example finds the chain's files verified and reuses them, as on the
+    # main job's workdir.
+    ch = chained[1].chain
+    options = ExportOptions(
+        quantizations=tuple(q for q in ch.quantize.split(",") if q),
+        verify_examples=ch.verify_examples or None,
+        thresholds=Thresholds(int8_min_agreement=ch.int8_min_agreement),
+    )
+    assert code.count('/export").folder') == 1
+    code = code.replace('/export").folder', '/export", OPTIONS).folder')
+    exec(compile(code, "README.md", "exec"), {"OPTIONS": options})  # noqa: S102
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    predicted, labels = re.findall(r"\[([^\]]*)\]", printed)
+    assert len(predicted.split()) == 4 and len(labels.split()) == 4
+    assert all(0 <= int(x) < 10 for x in predicted.split() + labels.split())
+    # The example's load_tflite refuses a file that differs from its card.
+    import tf_bignas as tb
+    from tf_bignas.run.card import FileDigestError
+
+    child = tb.child_for_budget(tb.open_workdir(workdir), "mflops:0.7")
+    folder = os.path.join(workdir, "export", child.name)
+    int8 = os.path.join(folder, "model_int8.tflite")
+    saved = open(int8, "rb").read()
+    try:
+        shutil.copyfile(os.path.join(folder, "model_fp32.tflite"), int8)
+        with pytest.raises(FileDigestError, match="model_int8.tflite has sha256"):
+            tb.load_tflite(int8)
+    finally:
+        with open(int8, "wb") as f:
+            f.write(saved)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_bignas.common.files import sha256_path
 from tf_bignas.data.normalization import DEFAULT_NORMALIZATION
 from tf_bignas.export import children as children_lib
 from tf_bignas.export import export_lib, host_benchmark, models
@@ -219,7 +220,7 @@ def test_interrupted_export_leaves_no_complete_looking_folder_and_resumes(
     shutil.copytree(os.path.dirname(exported.folder), out)
     folder = os.path.join(out, exported.child.name)
     before = {
-        n: models.digest_path(os.path.join(folder, n))
+        n: sha256_path(os.path.join(folder, n))
         for n in ("child.keras", "saved_model", "model_fp32.tflite", "model_fp16.tflite")
     }
     options = dataclasses.replace(OPTIONS, int8_io="int8")  # the int8 file must be redone
@@ -254,7 +255,7 @@ def test_interrupted_export_leaves_no_complete_looking_folder_and_resumes(
     assert result.written == ["model_int8.tflite"]
     assert sorted(result.reused) == sorted([*before, "built_reference_fp32.tflite"])
     for name, digest in before.items():
-        assert models.digest_path(os.path.join(folder, name)) == digest
+        assert sha256_path(os.path.join(folder, name)) == digest
     runner = tflite_lib.TFLiteRunner(path=os.path.join(folder, "model_int8.tflite"))
     assert runner.input["dtype"] == np.int8 and runner.output["dtype"] == np.int8
     assert runner.input["quantization"] == (1.0, -128)
@@ -270,7 +271,7 @@ def test_interrupted_export_leaves_no_complete_looking_folder_and_resumes(
 
 def test_bad_input_is_refused_before_anything_is_written(exported, workdir, tmp_path):
     out = os.path.dirname(exported.folder)
-    digests = {n: models.digest_path(os.path.join(exported.folder, n))
+    digests = {n: sha256_path(os.path.join(exported.folder, n))
                for n in os.listdir(exported.folder)}  # fmt: skip
     child = exported.child
 
@@ -294,7 +295,7 @@ def test_bad_input_is_refused_before_anything_is_written(exported, workdir, tmp_
     with pytest.raises(ExportError, match=r"output folder .* is not writable"):
         export_lib.export_child(workdir, child, str(blocker / "export"), OPTIONS, **QUIET)
 
-    assert {n: models.digest_path(os.path.join(exported.folder, n))
+    assert {n: sha256_path(os.path.join(exported.folder, n))
             for n in os.listdir(exported.folder)} == digests  # fmt: skip
 
 
@@ -305,12 +306,26 @@ def test_children_from_selection_and_arch_specs(workdir, tmp_path):
     with pytest.raises(ExportError, match=r"not a child of the run's space 'bignas_tiny'"):
         children_lib.resolve_children(wd, archs=["16 1:1:1 8:8:16:24:48 3:3:3"])
     smallest, largest = workdir.space.smallest(), workdir.space.largest()
+    scores = {"metric": 0.5, "test_top1": 0.5, "test_top5": 0.9, "method": "coarse_to_fine",
+              "latency_ms": None, "warning": None}  # fmt: skip
+
+    def entry(budget, kind, limit, arch):
+        c = cost_lib.cost(workdir.space, arch, 10, workdir.supernet.stage_shortcuts)
+        return {"budget": budget, "kind": kind, "limit": limit, "arch": arch.to_dict(),
+                "macs": c.macs, "params": c.params, **scores}  # fmt: skip
+
     selection = {
         "format": 1,
+        "workdir": wd.path,
         "weights_digest": workdir.weights_digest,
+        "space": workdir.space.name,
+        "method": "coarse_to_fine",
+        "selection_split": "minival",
+        "test_split": "test",
+        "num_evaluated": 2,
         "budgets": [
-            {"budget": "mflops:0.2", "kind": "mflops", "limit": 0.2, "arch": smallest.to_dict()},
-            {"budget": "params_m:1", "kind": "params_m", "limit": 1.0, "arch": largest.to_dict()},
+            entry("mflops:0.2", "mflops", 0.2, smallest),
+            entry("params_m:1", "params_m", 1.0, largest),
         ],
     }
     os.makedirs(tmp_path / "search")

@@ -43,8 +43,8 @@ def fixed_batches() -> dict:
 def build(strategy: tf.distribute.Strategy):
     """The supernet and its sandwich step, the same in every process."""
     from tf_bignas.model import Supernet
+    from tf_bignas.run.optimizers import RMSpropTF
     from tf_bignas.space import get_space
-    from tf_bignas.train.optimizers import RMSpropTF
     from tf_bignas.train.step import SandwichOptions, SandwichStep
 
     with strategy.scope():

@@ -194,7 +194,7 @@ def _zeros(spec):
 
 def test_fused_rmsprop_update_equals_keras_rmsprop():
     """RMSpropTF's one-op update (TF1's ApplyRMSProp) computes Keras' RMSprop update."""
-    from tf_bignas.train.optimizers import RMSpropTF
+    from tf_bignas.run.optimizers import RMSpropTF
 
     rng = np.random.default_rng(0)
     start = [

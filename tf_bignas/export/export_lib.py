@@ -47,7 +47,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_bignas.common.files import atomic_write_bytes, atomic_write_json
+from tf_bignas.common.files import atomic_write_bytes, atomic_write_json, sha256_path
 from tf_bignas.export import models
 from tf_bignas.export import tflite as tflite_lib
 from tf_bignas.export.card_builder import build_card, labels_text
@@ -67,7 +67,7 @@ from tf_bignas.export.options import (
     Thresholds,
     tflite_file,
 )
-from tf_bignas.model import BNStatsStore
+from tf_bignas.model.bn_stats import merge_bn_stats
 from tf_bignas.model.slicing import build_child_model
 from tf_bignas.run import card as card_lib
 from tf_bignas.run import lock
@@ -140,10 +140,7 @@ def calibrate_child(workdir: Workdir, arch: ArchConfig, log: Callable[[str], Non
         workdir, arch.resolution, int(t.calibration_images), int(t.calibration_batch_size)
     )
     stats = ChildEvaluator(workdir.supernet).calibrate(arch, iter(dataset))
-    path = workdir.bn_stats_path()
-    store = BNStatsStore.load(path) if os.path.isfile(path) else BNStatsStore()
-    store.put(arch, stats)
-    store.save(path)
+    merge_bn_stats(workdir.bn_stats_path(), {arch: stats})
 
 
 # ---- helpers -----------------------------------------------------------------------
@@ -254,7 +251,7 @@ class _ChildExport(ChildData):
             and entry.get("passed") is True
             and entry.get("options") == extra
             and os.path.exists(path)
-            and entry.get("sha256") == models.digest_path(path)
+            and entry.get("sha256") == sha256_path(path)
         )
 
     def record(self, key: str, entry: dict[str, Any], written: bool) -> None:
@@ -263,7 +260,7 @@ class _ChildExport(ChildData):
         entry = {
             "file": name,
             "bytes": models.path_bytes(path),
-            "sha256": models.digest_path(path),
+            "sha256": sha256_path(path),
             "options": extra,
             **entry,
         }

@@ -9,7 +9,6 @@ SavedModel folder, a temp folder renamed into place).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
@@ -134,27 +133,6 @@ def write_saved_model(model: keras.Model, path: str, batch_size: int | None = No
         replace_dir(tmp, path)
     finally:
         remove_path(tmp)
-
-
-def digest_path(path: str) -> str:
-    """Short SHA-256 of a file, or of a folder's files (names and contents)."""
-    h = hashlib.sha256()
-    if os.path.isdir(path):
-        for root, dirs, names in os.walk(path):
-            dirs.sort()
-            for n in sorted(names):
-                full = os.path.join(root, n)
-                h.update(os.path.relpath(full, path).encode() + b"\0")
-                _hash_file(h, full)
-    else:
-        _hash_file(h, path)
-    return h.hexdigest()[:16]
-
-
-def _hash_file(h, path: str) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
 
 
 def path_bytes(path: str) -> int:

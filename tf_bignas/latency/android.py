@@ -139,7 +139,7 @@ def find_models(models_dir: str) -> list[ModelFile]:
     if not found:
         raise ValueError(
             f"no .tflite file under {models_dir!r}; export children first "
-            "(see README.md, 'Export') or point --models at a folder of .tflite files"
+            "(python -m tools.export; README.md, 'The stages and their commands') or point --models at a folder of .tflite files"
         )
     return found
 

@@ -174,7 +174,7 @@ def elf_machine(path: str) -> tuple[int, int]:
     if not os.path.isfile(path):
         raise BenchmarkBinaryError(
             f"benchmark binary {path!r} does not exist; download TFLite's prebuilt "
-            "android_aarch64_benchmark_model (see README.md, 'Android benchmarks')"
+            "android_aarch64_benchmark_model (see README.md, 'Exporting and benchmarking on an Android phone')"
         )
     with open(path, "rb") as f:
         header = f.read(20)

@@ -6,6 +6,7 @@ each other's files. It holds
 
 - `config`: the option tree of a run with its defaults, and the objects every
   stage rebuilds from it (space, supernet, minival size);
+- `schema`: every option in one table (default, rule, resume policy, doc);
 - `validation`: the rule of every option and the checks of a run's input;
 - `workdir`: the file layout and `open_workdir`, the one entry point to a
   trained run (config, space, supernet with its weights and BN statistics);

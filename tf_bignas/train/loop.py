@@ -48,6 +48,7 @@ from tf_bignas.run import record as run_record_lib
 from tf_bignas.run import workdir as wd
 from tf_bignas.run.config import build_space, build_supernet, minival_size, validate_config
 from tf_bignas.run.evaluator import Accuracy, ChildEvaluator
+from tf_bignas.run.optimizers import ema_weights
 from tf_bignas.run.validation import (
     validate_dataset,
     validate_max_steps,
@@ -64,7 +65,6 @@ from tf_bignas.train.distribute import (
     build_strategy,
     worker_role,
 )
-from tf_bignas.run.optimizers import ema_weights
 from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
 
 CHILD_NAMES = ("largest", "smallest")  # the first two children of every step
@@ -157,7 +157,7 @@ def train(
         run_record_lib.check_resume(workdir, record)  # again, now that no one else writes
         integrity.check_checkpoint_files(ckpt_dir)
         run_record_lib.write_record(workdir, record, config)
-        return _train_locked(config, workdir, space, info, max_steps, strategy, log, role=role)
+        return _Run(config, workdir, space, info, max_steps, strategy, log, role, "").train()
 
 
 def _train_worker(
@@ -176,9 +176,7 @@ def _train_worker(
     part in a save) into a temporary folder, deleted at the end.
     """
     with tempfile.TemporaryDirectory(prefix=f"bignas_{role.task_type}{role.task_id}_") as own:
-        return _train_locked(
-            config, workdir, space, info, max_steps, strategy, log, role=role, scratch=own
-        )
+        return _Run(config, workdir, space, info, max_steps, strategy, log, role, own).train()
 
 
 def _set_threads(threads: int, log: Callable[[str], None]) -> None:
@@ -197,308 +195,339 @@ def _set_threads(threads: int, log: Callable[[str], None]) -> None:
         log(f"runtime.threads={threads} not applied: TensorFlow already runs in this process")
 
 
-def _train_locked(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    space: SearchSpace,
-    info: data_lib.DataInfo,
-    max_steps: int | None,
-    strategy: tf.distribute.Strategy | None,
-    log: Callable[[str], None],
-    role: WorkerRole | None = None,
-    scratch: str = "",
-) -> TrainResult:
-    """The run itself, once `train` has checked everything and holds the lock.
+class _Run:
+    """One training run, once `train` has checked everything and holds the lock.
 
-    A non-chief worker (`role`) writes nothing into the workdir: its own
-    checkpoints and logs go to `scratch`.
+    Its state is built once; its parts are methods: the loop, saving,
+    evaluation, the outputs. A non-chief worker (`role`) writes nothing into
+    the workdir: its own checkpoints and logs go to `scratch`.
+
+    Args:
+        config: The resolved config.
+        workdir: The workdir.
+        space: The run's search space.
+        info: The training split's facts (classes, examples).
+        max_steps: Stop at this step (None: the configured epochs).
+        strategy: The distribution strategy (None: from the config).
+        log: Where progress lines go.
+        role: This process's role in a multi-worker run.
+        scratch: A non-chief worker's own folder.
     """
-    role = role or WorkerRole()
-    rt = config.runtime
-    if rt.threads:
-        _set_threads(rt.threads, log)
-    if rt.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    if rt.lean_grappler:
-        skip_idle_graph_passes()
-    keras.utils.set_random_seed(config.seed)
-    strategy = strategy or build_strategy(rt.strategy, rt.tpu)
 
-    d = config.data
-    data_dir = d.data_dir or None
-    batch = config.train.batch_size
-    steps_per_epoch = max(1, info.num_examples // batch)
-    total_steps = max(1, int(round(config.train.epochs * steps_per_epoch)))
-    stop_at = min(total_steps, max_steps) if max_steps else total_steps
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        space: SearchSpace,
+        info: data_lib.DataInfo,
+        max_steps: int | None,
+        strategy: tf.distribute.Strategy | None,
+        log: Callable[[str], None],
+        role: WorkerRole,
+        scratch: str,
+    ) -> None:
+        self.config, self.workdir, self.space, self.info = config, workdir, space, info
+        self.log, self.role = log, role
+        rt = config.runtime
+        if rt.threads:
+            _set_threads(rt.threads, log)
+        if rt.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        if rt.lean_grappler:
+            skip_idle_graph_passes()
+        keras.utils.set_random_seed(config.seed)
+        self.strategy = strategy or build_strategy(rt.strategy, rt.tpu)
+        self.batch = config.train.batch_size
+        steps_per_epoch = max(1, info.num_examples // self.batch)
+        self.total_steps = max(1, int(round(config.train.epochs * steps_per_epoch)))
+        self.stop_at = min(self.total_steps, max_steps) if max_steps else self.total_steps
+        with self.strategy.scope():
+            self.net = build_supernet(config, space, info.num_classes)
+            self.schedule = build_schedule(config, steps_per_epoch, self.total_steps)
+            self.optimizer = build_optimizer(config, self.schedule)
+            self.step_fn = SandwichStep(
+                self.net, self.optimizer, _sandwich_options(config, self.total_steps),
+                self.batch, self.strategy, jit_compile=rt.jit_compile,
+            )  # fmt: skip
+            self.sampler_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
+        if role.is_chief:
+            wd.write_model_spec(workdir, self.net)
+        self.iterator = iter(self.strategy.distribute_datasets_from_function(self.train_input))
+        self.out_dir = workdir if role.is_chief else scratch
+        self.manager = self._restore()
+        self.writer = tf.summary.create_file_writer(os.path.join(self.out_dir, "tensorboard"))
+        self.evaluator = ChildEvaluator(self.net, self.strategy)
+        self.eval_sets: dict[tuple[str, int], object] = {}
+        # Calibration: a fixed random sample of the training split, in batches of
+        # its own size (a multiple of the replicas). Images travel as uint8 and are
+        # normalised on the device (ChildEvaluator).
+        replicas = self.strategy.num_replicas_in_sync
+        self.calib_batch = -(-config.train.calibration_batch_size // replicas) * replicas
+        # Outputs of the compiled loop since the last look at them: the host
+        # reads the losses only at log, checkpoint and evaluation steps, so the
+        # device runs ahead between them.
+        self.unchecked: list = []
 
-    options = SandwichOptions(
-        num_random=config.sandwich.num_random,
-        inplace_distillation=config.sandwich.inplace_distillation,
-        distill_weight=config.sandwich.distill_weight,
-        distill_ramp_steps=int(round(config.sandwich.distill_ramp * total_steps)),
-        label_smoothing=config.sandwich.label_smoothing,
-        weight_decay=config.sandwich.weight_decay,
-        regularize_all_children=config.sandwich.regularize_all_children,
-        seed=config.seed,
-    )
-    o = config.optimizer
-    with strategy.scope():
-        net = build_supernet(config, space, info.num_classes)
-        schedule = build_schedule(config, steps_per_epoch, total_steps)
-        optimizer = build_optimizer(config, schedule)
-        step_fn = SandwichStep(net, optimizer, options, batch, strategy, jit_compile=rt.jit_compile)
-        sampler_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
+    def train(self) -> TrainResult:
+        """Runs the steps, then evaluates and (the chief) writes a finished run."""
+        return self.finish(self.loop())
 
-    if role.is_chief:
-        wd.write_model_spec(workdir, net)
-    resolutions = space.train_resolutions
-
-    def train_input(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+    # ---- state: data, checkpoints ---------------------------------------------------
+    def train_input(self, ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        """The training batches of one input pipeline (every resolution, shared patch)."""
+        d = self.config.data
         return data_lib.build_train_dataset(
             d.source,
             d.train_split,
-            resolutions,
-            batch,
-            data_dir=data_dir,
+            self.space.train_resolutions,
+            self.batch,
+            data_dir=d.data_dir or None,
             augment=d.augment,
             base_resolution=d.base_resolution or None,
             crop_scale=tuple(d.crop_scale),
-            seed=config.seed,
+            seed=self.config.seed,
             input_context=ctx,
-            minival=minival_size(config),
+            minival=minival_size(self.config),
             strict=d.strict,
             transport=d.transport,  # the step finishes it (tf_bignas.data.device)
             shared_patch=d.get("shared_patch", True),
         )
 
-    iterator = iter(strategy.distribute_datasets_from_function(train_input))
-    state = {"model": net, "optimizer": optimizer, "sampler_seed": sampler_seed}
-    if config.train.checkpoint_data and role.num_workers == 1:
-        state["data"] = iterator  # exact resume of the data order and augmentation
-    elif config.train.checkpoint_data and role.is_chief:
-        # Each worker reads its own shard, but every worker restores the chief's
-        # checkpoint: a resumed multi-worker run starts its data streams afresh.
-        log("multi-worker run: the input position is not checkpointed (train.checkpoint_data)")
-    checkpoint = tf.train.Checkpoint(**state)
-    ckpt_dir = os.path.join(workdir, wd.CHECKPOINT_DIR)
+    def _restore(self) -> tf.train.CheckpointManager:
+        """Restores the newest intact checkpoint (if any); the manager that saves the next."""
+        config, role, log = self.config, self.role, self.log
+        state = {"model": self.net, "optimizer": self.optimizer, "sampler_seed": self.sampler_seed}
+        if config.train.checkpoint_data and role.num_workers == 1:
+            state["data"] = self.iterator  # exact resume of the data order and augmentation
+        elif config.train.checkpoint_data and role.is_chief:
+            # Each worker reads its own shard, but every worker restores the chief's
+            # checkpoint: a resumed multi-worker run starts its data streams afresh.
+            log("multi-worker run: the input position is not checkpointed (train.checkpoint_data)")
+        self.checkpoint = tf.train.Checkpoint(**state)
+        self.ckpt_dir = os.path.join(self.workdir, wd.CHECKPOINT_DIR)
+        # The newest checkpoint that reads back whole and healthy (a damaged one is
+        # named, moved to checkpoints/damaged/, and the previous one used).
+        if role.is_chief:
+            restored = integrity.restore_newest_intact(
+                self.checkpoint, self.ckpt_dir, self.state_problem, log
+            )
+        else:  # the chief's newest checkpoint, read-only
+            restored = tf.train.latest_checkpoint(self.ckpt_dir)
+            if restored:
+                self.checkpoint.restore(restored).assert_existing_objects_matched()
+        manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            os.path.join(self.out_dir, wd.CHECKPOINT_DIR),
+            max_to_keep=config.train.keep_checkpoints,
+        )
+        if restored:
+            if int(self.sampler_seed.numpy()) != config.seed:
+                raise ValueError(
+                    f"workdir {self.workdir!r} holds a run with seed "
+                    f"{int(self.sampler_seed.numpy())}, but config.seed is {config.seed}: use a "
+                    "new workdir or the same seed"
+                )
+            log(f"resumed from {restored} at step {int(self.optimizer.iterations.numpy())}")
+        return manager
 
-    def state_problem() -> str | None:
+    def state_problem(self) -> str | None:
+        """What is unhealthy in the weights or optimizer state (None: nothing)."""
         return integrity.unhealthy_state(
-            net.trainable_variables,
-            net.non_trainable_variables,
-            optimizer.variables,
-            config.train.max_abs_weight,
+            self.net.trainable_variables,
+            self.net.non_trainable_variables,
+            self.optimizer.variables,
+            self.config.train.max_abs_weight,
         )
 
-    # The newest checkpoint that reads back whole and healthy (a damaged one is
-    # named, moved to checkpoints/damaged/, and the previous one used).
-    if role.is_chief:
-        restored = integrity.restore_newest_intact(checkpoint, ckpt_dir, state_problem, log)
-    else:  # the chief's newest checkpoint, read-only
-        restored = tf.train.latest_checkpoint(ckpt_dir)
-        if restored:
-            checkpoint.restore(restored).assert_existing_objects_matched()
-    out_dir = workdir if role.is_chief else scratch
-    manager = tf.train.CheckpointManager(
-        checkpoint,
-        os.path.join(out_dir, wd.CHECKPOINT_DIR),
-        max_to_keep=config.train.keep_checkpoints,
-    )
-    if restored:
-        if int(sampler_seed.numpy()) != config.seed:
-            raise ValueError(
-                f"workdir {workdir!r} holds a run with seed {int(sampler_seed.numpy())}, "
-                f"but config.seed is {config.seed}: use a new workdir or the same seed"
-            )
-        log(f"resumed from {restored} at step {int(optimizer.iterations.numpy())}")
-
-    def save(step: int) -> None:
+    def save(self, step: int) -> None:
         """Checkpoints the state after `step` steps, if it is healthy."""
-        problem = state_problem()
+        problem = self.state_problem()
         if problem:
             raise NonFiniteLossError(
                 f"{problem} after step {step}; stopped without saving. The last good "
-                f"checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}"
+                f"checkpoint is {self.manager.latest_checkpoint or 'none (no checkpoint yet)'}"
             )
-        manager.save(checkpoint_number=step)
+        self.manager.save(checkpoint_number=step)
 
-    writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
-    evaluator = ChildEvaluator(net, strategy)
-    eval_sets: dict[tuple[str, int], object] = {}
-    # Calibration: a fixed random sample of the training split, in batches of
-    # its own size (a multiple of the replicas). Images travel as uint8 and are
-    # normalised on the device (ChildEvaluator).
-    replicas = strategy.num_replicas_in_sync
-    calib_batch = -(-config.train.calibration_batch_size // replicas) * replicas
+    # ---- evaluation -----------------------------------------------------------------
+    def eval_data(self, split: str, res: int) -> object:
+        """The distributed dataset of one evaluation set ("calibration", a split, the train sample)."""
+        if (split, res) in self.eval_sets:
+            return self.eval_sets[(split, res)]
+        config, d, batch = self.config, self.config.data, self.batch
 
-    def eval_data(split: str, res: int) -> object:
-        if (split, res) not in eval_sets:
-            calibration = split == "calibration"
-            # The training sample scored beside the eval split (overfitting).
-            train_sample = split == TRAIN_SAMPLE
+        def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            common = dict(
+                data_dir=d.data_dir or None,
+                input_context=ctx,
+                minival=minival_size(config),
+                strict=d.strict,
+                normalize=False,
+            )
+            if split == "calibration":
+                return data_lib.build_calibration_dataset(
+                    d.source, d.train_split, res, config.train.calibration_images,
+                    self.calib_batch, seed=config.seed, **common,
+                )  # fmt: skip
+            if split == TRAIN_SAMPLE:  # the training sample scored beside the eval split
+                return data_lib.build_eval_dataset(
+                    d.source, d.train_split, res, batch, sample=config.train.eval_train_images,
+                    sample_seed=config.seed, **common,
+                )  # fmt: skip
+            return data_lib.build_eval_dataset(d.source, split, res, batch, **common)
 
-            def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-                common = dict(
-                    data_dir=data_dir,
-                    input_context=ctx,
-                    minival=minival_size(config),
-                    strict=d.strict,
-                    normalize=False,
-                )
-                if calibration:
-                    return data_lib.build_calibration_dataset(
-                        d.source,
-                        d.train_split,
-                        res,
-                        config.train.calibration_images,
-                        calib_batch,
-                        seed=config.seed,
-                        **common,
-                    )
-                if train_sample:
-                    return data_lib.build_eval_dataset(
-                        d.source,
-                        d.train_split,
-                        res,
-                        batch,
-                        sample=config.train.eval_train_images,
-                        sample_seed=config.seed,
-                        **common,
-                    )
-                return data_lib.build_eval_dataset(d.source, split, res, batch, **common)
+        self.eval_sets[(split, res)] = self.strategy.distribute_datasets_from_function(fn)
+        return self.eval_sets[(split, res)]
 
-            eval_sets[(split, res)] = strategy.distribute_datasets_from_function(fn)
-        return eval_sets[(split, res)]
-
-    def evaluate_children() -> tuple[dict[str, Accuracy], dict[str, Accuracy]]:
+    def evaluate_children(self) -> tuple[dict[str, Accuracy], dict[str, Accuracy]]:
         """Eval-split and training-sample accuracy of the largest and smallest child."""
         out, on_train = {}, {}
+        t, space = self.config.train, self.space
         # With EMA, children are calibrated and evaluated with the EMA weights.
-        with ema_weights(optimizer, net.trainable_variables):
+        with ema_weights(self.optimizer, self.net.trainable_variables):
             for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
-                evaluator.calibrate(arch, iter(eval_data("calibration", arch.resolution)))
-                out[name] = evaluator.evaluate(
-                    arch,
-                    iter(eval_data(d.eval_split, arch.resolution)),
-                    config.train.eval_batches or None,
-                )
-                if config.train.eval_train_images:
-                    on_train[name] = evaluator.evaluate(
-                        arch, iter(eval_data(TRAIN_SAMPLE, arch.resolution))
+                res = arch.resolution
+                self.evaluator.calibrate(arch, iter(self.eval_data("calibration", res)))
+                out[name] = self.evaluator.evaluate(
+                    arch, iter(self.eval_data(self.config.data.eval_split, res)),
+                    t.eval_batches or None,
+                )  # fmt: skip
+                if t.eval_train_images:
+                    on_train[name] = self.evaluator.evaluate(
+                        arch, iter(self.eval_data(TRAIN_SAMPLE, res))
                     )
         return out, on_train
 
-    def log_eval(step: int, accs: dict[str, Accuracy], on_train: dict[str, Accuracy]) -> None:
-        with writer.as_default(step=step):
+    def log_eval(self, step: int, accs: dict[str, Accuracy], on_train: dict[str, Accuracy]) -> None:
+        """Evaluation figures to TensorBoard and the log."""
+        with self.writer.as_default(step=step):
             for name, acc in accs.items():
                 tf.summary.scalar(f"eval/top1_{name}", acc.top1)
                 tf.summary.scalar(f"eval/top5_{name}", acc.top5)
             for name, acc in on_train.items():
                 tf.summary.scalar(f"eval/train_top1_{name}", acc.top1)
-        log(
+        self.log(
             f"step {step} eval "
             + " ".join(f"{n} top1 {a.top1:.4f}" for n, a in accs.items())
             + "".join(f" {n} train top1 {a.top1:.4f}" for n, a in on_train.items())
         )
 
-    step = int(optimizer.iterations.numpy())
-    start_step, start = step, time.perf_counter()
-    last_log_step, last_log = step, start
-    t = config.train
-    # Outputs of the compiled loop since the last look at them: the host
-    # reads the losses only at log, checkpoint and evaluation steps, so the
-    # device runs ahead between them.
-    unchecked: list = []
-
-    def check_finite() -> None:
+    # ---- the loop ---------------------------------------------------------------------
+    def check_finite(self, step: int) -> None:
         """Raises on the first non-finite loss since the last check."""
-        for out in unchecked:
+        for out in self.unchecked:
             bad_step = int(out.bad_step.numpy())
             if bad_step < 0:
                 continue
             losses = out.bad_losses.numpy()
             bad = int(np.argmin(np.isfinite(losses)))
             kind = CHILD_NAMES[bad] if bad < 2 else f"random #{bad - 1}"
-            child = step_fn.sample_children(bad_step)[bad]
+            child = self.step_fn.sample_children(bad_step)[bad]
             raise NonFiniteLossError(
                 f"non-finite loss {losses[bad]} at step {bad_step + 1} in the {kind} child "
                 f"({child.to_paper_notation()}), found at the check after step {step}; stopped "
                 "without saving. The last good checkpoint is "
-                f"{manager.latest_checkpoint or 'none (no checkpoint yet)'}"
+                f"{self.manager.latest_checkpoint or 'none (no checkpoint yet)'}"
             )
-        unchecked.clear()
+        self.unchecked.clear()
 
-    def next_event(step: int) -> int:
+    def next_event(self, step: int) -> int:
         """The next step at which the host logs, checkpoints, evaluates or stops."""
+        t = self.config.train
         every = (t.log_every, t.checkpoint_every, t.eval_every)
-        return min([stop_at] + [(step // e + 1) * e for e in every if e])
+        return min([self.stop_at] + [(step // e + 1) * e for e in every if e])
 
-    try:
-        while step < stop_at:
-            # Up to steps_per_loop steps in one compiled call, never past an event.
-            num_steps = min(rt.steps_per_loop, next_event(step) - step)
-            last = step_fn.run(iterator, step, num_steps)
-            unchecked.append(last)
-            step += num_steps
-            if step == next_event(step - 1):
-                check_finite()
-            if step % config.train.log_every == 0 or step == stop_at:
-                losses = last.losses.numpy()
-                now = time.perf_counter()
-                ips = (step - last_log_step) * batch / max(now - last_log, 1e-9)
-                rate = (step - start_step) / max(now - start, 1e-9)
-                lr = float(schedule(step))
-                rnd = float(np.mean(losses[2:])) if len(losses) > 2 else float("nan")
-                log(
-                    f"step {step}/{stop_at} loss largest {losses[0]:.4f} smallest {losses[1]:.4f} "
-                    f"random {rnd:.4f} lr {lr:.4g} {ips:.0f} img/s ETA {_eta((stop_at - step) / rate)}"
-                )
-                with writer.as_default(step=step):
-                    tf.summary.scalar("loss/largest", losses[0])
-                    tf.summary.scalar("loss/smallest", losses[1])
-                    if len(losses) > 2:
-                        tf.summary.scalar("loss/random", rnd)
-                    tf.summary.scalar("lr", lr)
-                    tf.summary.scalar("images_per_second", ips)
-                last_log_step, last_log = step, now
-            if step % config.train.checkpoint_every == 0 and step < stop_at:
-                save(step)
-            if (
-                config.train.eval_every
-                and step % config.train.eval_every == 0
-                and step < total_steps
-            ):
-                log_eval(step, *evaluate_children())
-        check_finite()
-        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-            save(step)
-    except PEER_ERRORS as e:
-        if role.num_workers == 1:
-            raise
+    def log_progress(self, step: int, losses: np.ndarray, since: tuple[int, float]) -> None:
+        """One progress line (losses, LR, speed, ETA) and its TensorBoard scalars."""
+        now = time.perf_counter()
+        ips = (step - since[0]) * self.batch / max(now - since[1], 1e-9)
+        rate = (step - self.start_step) / max(now - self.start, 1e-9)
+        lr = float(self.schedule(step))
+        rnd = float(np.mean(losses[2:])) if len(losses) > 2 else float("nan")
+        self.log(
+            f"step {step}/{self.stop_at} loss largest {losses[0]:.4f} smallest {losses[1]:.4f} "
+            f"random {rnd:.4f} lr {lr:.4g} {ips:.0f} img/s ETA "
+            f"{_eta((self.stop_at - step) / rate)}"
+        )
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("loss/largest", losses[0])
+            tf.summary.scalar("loss/smallest", losses[1])
+            if len(losses) > 2:
+                tf.summary.scalar("loss/random", rnd)
+            tf.summary.scalar("lr", lr)
+            tf.summary.scalar("images_per_second", ips)
+
+    def loop(self) -> int:
+        """Runs the steps up to `stop_at` (logging, checkpoints, evaluations); the last step."""
+        t, rt = self.config.train, self.config.runtime
+        step = int(self.optimizer.iterations.numpy())
+        self.start_step, self.start = step, time.perf_counter()
+        since = (step, self.start)
+        try:
+            while step < self.stop_at:
+                # Up to steps_per_loop steps in one compiled call, never past an event.
+                num_steps = min(rt.steps_per_loop, self.next_event(step) - step)
+                last = self.step_fn.run(self.iterator, step, num_steps)
+                self.unchecked.append(last)
+                step += num_steps
+                if step == self.next_event(step - 1):
+                    self.check_finite(step)
+                if step % t.log_every == 0 or step == self.stop_at:
+                    self.log_progress(step, last.losses.numpy(), since)
+                    since = (step, time.perf_counter())
+                if step % t.checkpoint_every == 0 and step < self.stop_at:
+                    self.save(step)
+                if t.eval_every and step % t.eval_every == 0 and step < self.total_steps:
+                    self.log_eval(step, *self.evaluate_children())
+            self.check_finite(step)
+            latest = self.manager.latest_checkpoint
+            if latest is None or not latest.endswith(f"-{step}"):
+                self.save(step)
+        except PEER_ERRORS as e:
+            if self.role.num_workers == 1:
+                raise
+            raise self._worker_failure(e, step) from e
+        return step
+
+    def _worker_failure(self, e: BaseException, step: int) -> WorkerFailureError:
+        role = self.role
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         hints = ("unhealthy", "refused", "failed to connect", "socket closed", "peer", "abort")
         first = next((x for x in lines if any(h in x.lower() for h in hints)), None)
         first = (first or (lines or [type(e).__name__])[0])[:300]
-        raise WorkerFailureError(
+        return WorkerFailureError(
             f"{role.name} of {role.num_workers}: another worker died or became unreachable "
             f"during the steps after step {step} ({type(e).__name__}: {first}). This worker "
             "stopped without saving. Start every worker again with the same command: the "
             "run resumes from the chief's last checkpoint, "
-            f"{tf.train.latest_checkpoint(ckpt_dir) or 'none (no checkpoint yet)'}"
-        ) from e
-    seconds = time.perf_counter() - start
-    finished = step >= total_steps
-    accuracies: dict[str, Accuracy] = {}
-    on_train: dict[str, Accuracy] = {}
-    if finished:
-        if o.ema:  # From here on the model holds the EMA weights, which are saved.
-            optimizer.finalize_variable_values(net.trainable_variables)
-        accuracies, on_train = evaluate_children()
-    if finished and role.is_chief:  # every worker evaluates; the chief writes
-        net.bn_stats.save(os.path.join(workdir, wd.BN_STATS_FILE))
+            f"{tf.train.latest_checkpoint(self.ckpt_dir) or 'none (no checkpoint yet)'}"
+        )
+
+    # ---- the end ----------------------------------------------------------------------
+    def finish(self, step: int) -> TrainResult:
+        """Evaluates a finished run; the chief writes its weights, statistics and results."""
+        seconds = time.perf_counter() - self.start
+        finished = step >= self.total_steps
+        accuracies: dict[str, Accuracy] = {}
+        on_train: dict[str, Accuracy] = {}
+        if finished:
+            if self.config.optimizer.ema:  # From here on the model holds the EMA weights.
+                self.optimizer.finalize_variable_values(self.net.trainable_variables)
+            accuracies, on_train = self.evaluate_children()
+        if finished and self.role.is_chief:  # every worker evaluates; the chief writes
+            self._write_outputs(step, accuracies, on_train)
+        self.writer.flush()
+        return TrainResult(step, finished, accuracies, seconds)
+
+    def _write_outputs(
+        self, step: int, accuracies: dict[str, Accuracy], on_train: dict[str, Accuracy]
+    ) -> None:
+        config, d, o, workdir = self.config, self.config.data, self.config.optimizer, self.workdir
+        self.net.bn_stats.save(os.path.join(workdir, wd.BN_STATS_FILE))
         weights = os.path.join(workdir, wd.WEIGHTS_FILE)
-        net.save_weights(weights + ".tmp.weights.h5")
+        self.net.save_weights(weights + ".tmp.weights.h5")
         os.replace(weights + ".tmp.weights.h5", weights)
+        archs = {"largest": self.space.largest(), "smallest": self.space.smallest()}
         results = {
             "step": step,
             "command": command_line(sys.argv),
@@ -509,13 +538,13 @@ def _train_locked(
             "ema_decay": o.ema_decay if o.ema else None,
             "calibration": {
                 "split": d.train_split,
-                "images": min(config.train.calibration_images, info.num_examples),
-                "batch_size": calib_batch,
+                "images": min(config.train.calibration_images, self.info.num_examples),
+                "batch_size": self.calib_batch,
                 "seed": config.seed,
             },
             "children": {
                 name: {
-                    "arch": (space.largest() if name == "largest" else space.smallest()).to_dict(),
+                    "arch": archs[name].to_dict(),
                     **dataclasses.asdict(acc),
                     **(
                         {
@@ -530,16 +559,29 @@ def _train_locked(
             },
         }
         atomic_write_json(os.path.join(workdir, wd.RESULTS_FILE), results)
-        with writer.as_default(step=step):
+        with self.writer.as_default(step=step):
             for name, acc in accuracies.items():
                 tf.summary.scalar(f"eval/top1_{name}", acc.top1)
             for name, acc in on_train.items():
                 tf.summary.scalar(f"eval/train_top1_{name}", acc.top1)
         for name, acc in accuracies.items():
-            log(
+            self.log(
                 f"{name} child: top1 {acc.top1:.4f} top5 {acc.top5:.4f} on "
                 f"{acc.num_examples} {d.eval_split!r} images ({'EMA' if o.ema else 'raw'} "
                 f"weights, BN calibrated on {results['calibration']['images']} training images)"
             )
-    writer.flush()
-    return TrainResult(step, finished, accuracies, seconds)
+
+
+def _sandwich_options(config: ml_collections.ConfigDict, total_steps: int) -> SandwichOptions:
+    """The sandwich step's options from a config (the distillation ramp in steps)."""
+    s = config.sandwich
+    return SandwichOptions(
+        num_random=s.num_random,
+        inplace_distillation=s.inplace_distillation,
+        distill_weight=s.distill_weight,
+        distill_ramp_steps=int(round(s.distill_ramp * total_steps)),
+        label_smoothing=s.label_smoothing,
+        weight_decay=s.weight_decay,
+        regularize_all_children=s.regularize_all_children,
+        seed=config.seed,
+    )
