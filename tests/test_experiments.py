@@ -42,7 +42,7 @@ def test_two_variants_run_resume_and_report(tmp_path):
     cmd = [
         sys.executable, "-m", "experiments.ablations", f"--root={tmp_path / 'runs'}",
         f"--config={ROOT}/configs/quickstart.py", "--variants=full,hard_labels", "--seeds=0",
-        f"--report={report}", "--override=train.batch_size=16", "--override=train.epochs=0.02",
+        f"--report={report}", f"--keep={tmp_path / 'kept'}", "--override=train.batch_size=16", "--override=train.epochs=0.02",
         "--override=train.calibration_images=32", "--override=train.calibration_batch_size=16",
         "--override=train.eval_batches=2", "--override=train.eval_every=3",
     ]  # fmt: skip
@@ -60,6 +60,8 @@ def test_two_variants_run_resume_and_report(tmp_path):
     assert (tmp_path / "ablations.png").stat().st_size > 10_000
     record = json.loads((tmp_path / "runs" / "hard_labels_s0.json").read_text())
     assert record["attempts"] == 1 and record["seconds"] > 0
+    kept = tmp_path / "kept" / "hard_labels_s0"  # the small files, kept beside the report
+    assert sorted(p.name for p in kept.iterdir()) == ["curves.json", "record.json", "results.json"]
     config = json.loads((tmp_path / "runs" / "hard_labels_s0" / "config.json").read_text())
     assert config["sandwich"]["inplace_distillation"] is False
     # Finished runs are skipped when the command runs again.
