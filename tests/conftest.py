@@ -294,3 +294,27 @@ def trained_workdir(tmp_path_factory) -> str:
     result = train(config, workdir, log=lambda line: None)
     assert result.finished and result.step == 48
     return workdir
+
+
+def write_quickstart_variant(path: pathlib.Path, line: str) -> pathlib.Path:
+    """A config file whose get_config() is the quickstart's plus one line (e.g. a typo).
+
+    Args:
+        path: The file to write.
+        line: One statement on `c`, the quickstart config, e.g. "c.model.spce = 1".
+
+    Returns:
+        `path`.
+    """
+    quickstart = str(REPO_ROOT / "configs" / "quickstart.py")
+    path.write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('q', {quickstart!r})\n"
+        "quickstart = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(quickstart)\n\n\n"
+        "def get_config():\n"
+        "    c = quickstart.get_config()\n"
+        f"    {line}\n"
+        "    return c\n"
+    )
+    return path

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import write_quickstart_variant
 
 from tools import cli
 
@@ -59,17 +60,7 @@ def test_a_stray_positional_argument(tmp_path):
 
 
 def test_a_config_file_with_a_misspelt_key(tmp_path):
-    path = tmp_path / "typo.py"
-    path.write_text(
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('q', {ROOT!r} + '/configs/quickstart.py')\n"
-        "quickstart = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(quickstart)\n\n\n"
-        "def get_config():\n"
-        "    c = quickstart.get_config()\n"
-        "    c.model.spce = 'bignas_tiny'\n"
-        "    return c\n"
-    )
+    path = write_quickstart_variant(tmp_path / "typo.py", "c.model.spce = 'bignas_tiny'")
     code, line, _ = _run("pipelines.train", f"--config={path}", f"--workdir={tmp_path / 'w'}")
     assert code == 2
     assert line.startswith(

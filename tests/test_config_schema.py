@@ -9,6 +9,7 @@ from types import MappingProxyType
 
 import pytest
 import tensorflow as tf
+from conftest import write_quickstart_variant
 
 from tf_bignas.run import record, schema
 from tf_bignas.run.config import default_config, validate_config
@@ -89,17 +90,7 @@ def test_a_config_with_a_misspelt_key_is_rejected():
 
 
 def test_a_config_file_with_a_misspelt_key_is_rejected(tmp_path):
-    path = tmp_path / "typo.py"
-    path.write_text(
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('q', {ROOT!r} + '/configs/quickstart.py')\n"
-        "quickstart = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(quickstart)\n\n\n"
-        "def get_config():\n"
-        "    c = quickstart.get_config()\n"
-        "    c.train.epoch = 3.0\n"
-        "    return c\n"
-    )
+    path = write_quickstart_variant(tmp_path / "typo.py", "c.train.epoch = 3.0")
     spec = importlib.util.spec_from_file_location("typo", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
