@@ -38,6 +38,14 @@ VARIANTS = types.MappingProxyType(
             "sandwich.inplace_distillation": "False",
             "data.shared_patch": "False",
         },
+        # The paper's ablation of the shared patch: a crop per child of the step
+        # (not per resolution), alone and with hard labels (augmentation vs
+        # target mismatch).
+        "crop_per_child": {"data.crop_per_child": "True"},
+        "hard_labels_crop_per_child": {
+            "sandwich.inplace_distillation": "False",
+            "data.crop_per_child": "True",
+        },
     }
 )
 RUN_FILES = ("results.json", "record.json", "curves.json")  # what is kept of a run

@@ -23,10 +23,12 @@ Variants (each against `full`, the paper's method):
   he_init             every BN gamma 1 and no shortcuts at stage transitions
   he_init_lr30        the same at 30% of the learning rate
   no_constant_ending  the LR decays to the end instead of holding 5%
-  regularize_all      weight decay and dropout on every child
+  regularize_all      dropout on every child, each child's own weight decay on its slices
   hard_labels         children learn from the labels (no inplace distillation)
   independent_patch   a different random crop per resolution
   hard_labels_independent_patch  both (augmentation without target mismatch)
+  crop_per_child      a different random crop per child of the step
+  hard_labels_crop_per_child  both
 """
 
 from __future__ import annotations

@@ -104,6 +104,14 @@ def test_imagenet_config_follows_efficientnet_where_the_paper_is_silent():
             r"data.shared_patch=False \(a patch per resolution\) needs data.transport='uint8'",
         ),
         (
+            {"data.crop_per_child": True, "data.shared_patch": False},
+            r"data.crop_per_child=True with data.shared_patch=False .* is not allowed",
+        ),
+        (
+            {"sandwich.regularize_all_children": True, "model.mode": "mask"},
+            r"regularize_all_children=True needs model.mode='slice'",
+        ),
+        (
             {"runtime.strategy": "multi_worker", "runtime.steps_per_loop": 4},
             "steps_per_loop=4 is not supported with runtime.strategy='multi_worker'",
         ),

@@ -95,6 +95,28 @@ def test_a_patch_per_resolution_for_the_ablation(embedded):
         build_train_dataset(embedded, "train", (16, 32), 8, shared_patch=False, transport="patch")
 
 
+def test_a_crop_per_child_for_the_ablation(embedded):
+    kwargs = dict(seed=3, augment="none", crop_scale=(0.08, 0.3))  # small crops differ a lot
+    shared = next(iter(build_train_dataset(embedded, "train", (16, 32), 8, **kwargs)))
+    own = next(iter(build_train_dataset(embedded, "train", (16, 32), 8, child_crops=4, **kwargs)))
+    np.testing.assert_array_equal(own["label"], shared["label"])  # the same examples, in order
+    for r in (16, 32):
+        assert own["images"][r].shape == (8, 4, r, r, 3)
+        crops = _pixels(own["images"][r])
+        # The first child's crop is the shared patch; every other child has its own.
+        np.testing.assert_allclose(crops[:, 0], _pixels(shared["images"][r]), atol=1e-3)
+        for k in range(1, 4):
+            for j in range(k):
+                assert np.abs(crops[:, k] - crops[:, j]).mean() > 10
+    # Each child's crop is one patch at both resolutions (resized from its own base).
+    high = _pixels(own["images"][32])[:, 2]
+    low = tf.image.resize(high, [16, 16], "bicubic", antialias=True).numpy()
+    assert np.abs(_pixels(own["images"][16])[:, 2] - np.clip(low, 0, 255)).mean() < 1.0
+    for bad in (dict(transport="patch"), dict(shared_patch=False)):
+        with pytest.raises(ValueError, match="child_crops=4 is not allowed here"):
+            build_train_dataset(embedded, "train", (16, 32), 8, child_crops=4, **bad)
+
+
 def test_seeded_pipeline_is_deterministic(image_folder):
     def first_batches(seed: int) -> list[np.ndarray]:
         ds = build_train_dataset(image_folder.spec, "train", (16, 32), 5, seed=seed)

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tf_bignas.model import Supernet
+from tf_bignas.model.slicing import extract_child
 from tf_bignas.space import get_space
 from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children
 
@@ -126,6 +127,30 @@ def test_distill_weight_and_ramp_mix_teacher_and_labels_linearly(space, batches,
     np.testing.assert_allclose(teacher[0], half[0], rtol=1e-6)  # the largest: labels always
 
 
+def test_each_child_trains_on_its_own_crop_when_the_batch_holds_one_per_child(batches, frozen):
+    opts = SandwichOptions(inplace_distillation=False, weight_decay=0.0)
+    children = sample_children(frozen[0], 0, opts)
+    labels = batches[0]["label"]
+    # Child k's crops: the images of batch k (real digits), under batch 0's labels.
+    per_child = {
+        "images": {
+            r: tf.stack([b["images"][r] for b in batches[: len(children)]], axis=1)
+            for r in batches[0]["images"]
+        },
+        "label": labels,
+    }
+    got = _losses(frozen, opts, per_child, children)
+    for k, arch in enumerate(children[1:], start=1):
+        own = dict(batches[k], label=labels)
+        want = _direct_losses(frozen[0], own, [arch])[0]
+        np.testing.assert_allclose(got[k], want, rtol=1e-4)
+        shared = _direct_losses(frozen[0], dict(batches[0]), [arch])[0]
+        assert abs(got[k] - shared) > 1e-3  # not the shared patch
+    three = dict(per_child, images={r: x[:, :3] for r, x in per_child["images"].items()})
+    with pytest.raises(ValueError, match="holds 3 crops per example, one per child"):
+        _losses(frozen, opts, three, children)
+
+
 def test_dropout_on_the_largest_child_only_unless_switched(batches, frozen):
     net = frozen[0]
     base = SandwichOptions(inplace_distillation=False, weight_decay=0.0)
@@ -138,9 +163,19 @@ def test_dropout_on_the_largest_child_only_unless_switched(batches, frozen):
     assert np.all(np.abs(_losses(frozen, everywhere, batches[0], children) - want) > 1e-4)
 
 
-def test_weight_decay_is_added_once_per_step(space, batches):
+def _kernel_elements(model: keras.Model) -> int:
+    """Weights in the conv, depthwise and dense kernels of a (sliced, stock Keras) model."""
+    return sum(int(np.prod(v.shape)) for v in model.weights if v.path.endswith("kernel"))
+
+
+def test_weight_decay_of_the_largest_once_and_of_each_child_on_its_own_slices(space, batches):
     wd = 0.5
     net, step = _make(space, SandwichOptions(), keras.optimizers.SGD(1.0))
+    # Kernels of magnitude 0.05 everywhere (signs kept): every decayed weight is
+    # far from 0, so the decay's multiple of it can be read off per weight.
+    for v in net.trainable_variables:
+        if v.path.endswith("kernel"):
+            v.assign(0.05 * np.sign(v.numpy()) + (v.numpy() == 0) * 0.05)
     start = [v.numpy() for v in net.variables]
     children = sample_children(net, 0, SandwichOptions())
 
@@ -153,19 +188,34 @@ def test_weight_decay_is_added_once_per_step(space, batches):
 
     kernels = [v.path.endswith("kernel") for v in net.trainable_variables]
     assert sum(kernels) > 10
-    plain = update(SandwichOptions(weight_decay=0.0))
     before = [v for v, var in zip(start, net.variables) if var.trainable]
-    for regularize_all, times in ((False, 1), (True, len(children))):
-        decayed = update(SandwichOptions(weight_decay=wd, regularize_all_children=regularize_all,
-                                         ))  # fmt: skip
-        if regularize_all:  # dropout now hits every child: compare decay on the BN-free delta
-            reference = update(SandwichOptions(weight_decay=0.0, regularize_all_children=True))
-        else:
-            reference = plain
-        for w0, is_kernel, a, b in zip(before, kernels, decayed, reference):
-            # SGD(lr=1): the extra step is wd * w per decayed kernel, nothing else.
-            np.testing.assert_allclose(b - a, times * wd * w0 if is_kernel else 0.0, atol=1e-5)
+    # Largest child only: SGD(lr=1) takes wd * w more off every kernel, nothing else.
+    decayed = update(SandwichOptions(weight_decay=wd))
+    plain = update(SandwichOptions(weight_decay=0.0))
+    for w0, is_kernel, a, b in zip(before, kernels, decayed, plain):
+        np.testing.assert_allclose(b - a, wd * w0 if is_kernel else 0.0, atol=1e-5)
     assert step.tracing_count == 1
+    # Every child: each adds wd * w on the kernel slices it uses, and only there.
+    every = update(SandwichOptions(weight_decay=wd, regularize_all_children=True))
+    reference = update(SandwichOptions(weight_decay=0.0, regularize_all_children=True))
+    assert step.tracing_count == 2  # the children's own decay is built into the graph once
+    users = []  # per kernel weight: how many children decayed it (1 + the others using it)
+    for w0, is_kernel, a, b in zip(before, kernels, every, reference):
+        if not is_kernel:
+            np.testing.assert_allclose(b - a, 0.0, atol=1e-5)
+            continue
+        times = (b - a) / (wd * w0)
+        np.testing.assert_allclose(times, np.round(times), atol=1e-3)
+        users.append(np.round(times))
+    users = np.concatenate([u.ravel() for u in users])
+    assert users.min() == 1 and users.max() == len(children)
+    # The weights each other child decayed add up to its own kernels' size, as
+    # its sliced standalone model (tf_bignas.model.slicing) holds them.
+    expected = sum(
+        _kernel_elements(extract_child(net, child, allow_uncalibrated=True))
+        for child in children[1:]
+    )
+    assert int(users.sum()) - users.size == expected
 
 
 def test_mask_mode_step_under_xla(space, batches):
@@ -177,6 +227,10 @@ def test_mask_mode_step_under_xla(space, batches):
         losses = step(batches[s % 2], sample_children(net, s, opts), s)["losses"]
         assert np.all(np.isfinite(losses))
     assert step.tracing_count == 1
+    # A child's own weight decay slices its kernels: slice mode only, said at the trace.
+    step.options = dataclasses.replace(opts, regularize_all_children=True)
+    with pytest.raises(ValueError, match="needs mode='slice'"):
+        step(batches[0], sample_children(net, 0, opts), 0)
     with pytest.raises(ValueError, match="mode='mask'"):
         SandwichStep(Supernet(space, 10), keras.optimizers.SGD(0.1), opts, BATCH, jit_compile=True)
 

@@ -208,6 +208,7 @@ def build_train_dataset(
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     transport: str = "float",
     shared_patch: bool = True,
+    child_crops: int = 0,
 ) -> tf.data.Dataset:
     """Builds the multi-resolution training pipeline (shared patch per example).
 
@@ -239,11 +240,18 @@ def build_train_dataset(
         shared_patch: One random crop per example, resized to every resolution
             (the paper's). False, for ablation: an independent crop, flip and
             augmentation per resolution (needs transport "float" or "uint8").
+        child_crops: 0 (the default): as `shared_patch` says. K > 0, for
+            ablation: K independent crops (flips, augmentations) per example,
+            one for each child of a sandwich step (the k-th child trains on
+            the k-th), each resized to every resolution; the first is the
+            shared patch. Images are then [B, K, res, res, 3]. Needs
+            `shared_patch` and transport "float" or "uint8".
 
     Returns:
         A dataset of `{"images": {res: float32 [B, res, res, 3]}, "label": int32 [B]}`
         with int keys, B the per-replica batch size (uint8 images for
-        "uint8"; `{"patch": uint8 [B, base, base, 3], "label"}` for "patch").
+        "uint8"; `{"patch": uint8 [B, base, base, 3], "label"}` for "patch";
+        [B, K, res, res, 3] images with `child_crops=K`).
 
     Raises:
         ValueError: On a bad resolution, batch size, augment or cache option.
@@ -256,6 +264,11 @@ def build_train_dataset(
         raise ValueError(
             "shared_patch=False (a patch per resolution) needs transport 'float' or 'uint8'; "
             "transport 'patch' ships one shared patch"
+        )
+    if child_crops < 0 or (child_crops and (transport == "patch" or not shared_patch)):
+        raise ValueError(
+            f"child_crops={child_crops} is not allowed here; allowed: 0, or a number of children "
+            "with shared_patch=True and transport 'float' or 'uint8'"
         )
     if isinstance(resolutions, int) or not resolutions:
         raise ValueError(f"resolutions must be a non-empty sequence of ints, got {resolutions!r}")
@@ -308,6 +321,16 @@ def build_train_dataset(
                 image, seed, base_resolution=base, kind=kind, augment=augment, crop_scale=crop_scale
             )
 
+        if child_crops:
+            # Ablation: [K, base, base, 3], the k-th crop for the k-th child; the
+            # first is the shared patch, the others come from seeds of their own.
+            return tf.stack(
+                [patch(element_seed)]
+                + [
+                    patch(tf.random.experimental.stateless_fold_in(element_seed, 1000 + k))
+                    for k in range(1, child_crops)
+                ]
+            )
         if shared_patch:
             return patch(element_seed)
         # Ablation: [len(res), base, base, 3], the k-th patch for the k-th resolution;
@@ -346,7 +369,13 @@ def build_train_dataset(
     def to_resolutions(patches: tf.Tensor, labels: tf.Tensor) -> dict[str, Any]:
         if transport == "patch":
             return {"patch": patches, "label": labels}
-        if shared_patch:
+        if child_crops:
+            flat = tf.reshape(patches, [-1, *patches.shape[2:]])
+            images = {
+                r: tf.reshape(x, [-1, child_crops, r, r, 3])
+                for r, x in transforms.resize_patches(flat, res).items()
+            }
+        elif shared_patch:
             images = transforms.resize_patches(patches, res)
         else:
             images = {

@@ -119,6 +119,31 @@ def take(variable: tf.Variable | tf.Tensor, begin: list, size: list) -> tf.Tenso
     return tf.slice(variable, _index_vector(begin), _index_vector(size))
 
 
+def decayed(weight: tf.Tensor, rate: tf.Tensor | None) -> tf.Tensor:
+    """`weight` unchanged, with `rate * weight` added to its gradient: L2 decay of this slice.
+
+    The gradient of `rate / 2 * sum(weight ** 2)` for exactly the weights a
+    child uses (the slice it took), so a child's weight decay falls on its own
+    weights only (`sandwich.regularize_all_children`), not on the whole
+    supernet.
+
+    Args:
+        weight: A (sliced) kernel.
+        rate: The decay rate (scalar tensor), or None for no decay.
+
+    Returns:
+        The same values.
+    """
+    if rate is None:
+        return weight
+
+    @tf.custom_gradient
+    def own_decay(w: tf.Tensor) -> tuple[tf.Tensor, object]:
+        return tf.identity(w), lambda dy: dy + tf.cast(rate, w.dtype) * w
+
+    return own_decay(weight)
+
+
 def _index_vector(values: list) -> tf.Tensor:
     """A 1-D int32 vector: one constant when every entry is an int, else a stack.
 
@@ -185,6 +210,7 @@ class DynamicConv2D(keras.layers.Layer):
         out_ch: tf.Tensor,
         mode: str = "slice",
         in_ch: tf.Tensor | None = None,
+        decay: tf.Tensor | None = None,
     ) -> tf.Tensor:
         """Convolves with the first `out_ch` filters over the input's channels.
 
@@ -193,12 +219,14 @@ class DynamicConv2D(keras.layers.Layer):
             out_ch: Active output channels (scalar int tensor).
             mode: "slice" or "mask".
             in_ch: C when the caller knows it (slice mode); read from x if None.
+            decay: Slice mode: weight decay of the used kernel slice (`decayed`).
 
         Returns:
             [B, H', W', out_ch] (slice) or [B, H', W', max_out] masked (mask).
         """
         if mode == "slice":
             w = take(self.kernel, [0, 0, 0, 0], [-1, -1, active_channels(x, in_ch), out_ch])
+            w = decayed(w, decay)
             b = take(self.bias, [0], [out_ch]) if self.use_bias else None
         else:
             w, b = self.kernel, self.bias
@@ -236,6 +264,7 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         kernel_size: tf.Tensor,
         mode: str = "slice",
         in_ch: tf.Tensor | None = None,
+        decay: tf.Tensor | None = None,
     ) -> tf.Tensor:
         """Applies the centre `kernel_size` x `kernel_size` taps to the input's channels.
 
@@ -244,6 +273,7 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
             kernel_size: Active kernel size (scalar int tensor, odd).
             mode: "slice" or "mask".
             in_ch: C when the caller knows it (slice mode); read from x if None.
+            decay: Slice mode: weight decay of the used kernel slice (`decayed`).
 
         Returns:
             [B, H', W', C].
@@ -252,7 +282,9 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         if mode == "slice":
             start = (big - kernel_size) // 2
             c = active_channels(x, in_ch)
-            w = take(self.kernel, [start, start, 0, 0], [kernel_size, kernel_size, c, -1])
+            w = decayed(
+                take(self.kernel, [start, start, 0, 0], [kernel_size, kernel_size, c, -1]), decay
+            )
         else:
             taps = tf.cast(
                 tf.abs(tf.range(big) - big // 2) <= tf.cast(kernel_size, tf.int32) // 2,
@@ -435,6 +467,15 @@ class DynamicDense(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(units,), initializer="zeros")
         self.built = True
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        """[B, C] -> [B, units] with the first C rows of the kernel."""
-        return tf.matmul(x, take(self.kernel, [0, 0], [tf.shape(x)[-1], -1])) + self.bias
+    def call(self, x: tf.Tensor, decay: tf.Tensor | None = None) -> tf.Tensor:
+        """[B, C] -> [B, units] with the first C rows of the kernel.
+
+        Args:
+            x: [B, C] features.
+            decay: Weight decay of the used kernel rows (`decayed`), or None.
+
+        Returns:
+            [B, units] logits.
+        """
+        kernel = decayed(take(self.kernel, [0, 0], [tf.shape(x)[-1], -1]), decay)
+        return tf.matmul(x, kernel) + self.bias

@@ -113,6 +113,7 @@ def run_ops(
     bn_mode: str,
     mode: str,
     active: tf.Tensor | None = None,
+    decay: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Runs a list of ops (a block, the stem, the head up to pooling) for one child.
 
@@ -126,6 +127,8 @@ def run_ops(
         mode: "slice" or "mask".
         active: Mask mode only: 1.0 if the block is active, 0.0 to skip its
             residual branch.
+        decay: Slice mode: weight decay of the convolution kernel slices used
+            (`layers.decayed`), or None.
 
     Returns:
         The output of the last op.
@@ -141,9 +144,9 @@ def run_ops(
         in_ch = chans[op.inputs[0]]
         chans[op.name] = in_ch if op.width == "same" else widths[op.width]
         if kind == "conv":
-            y = layers(op.name)(h, widths[op.width], mode=mode, in_ch=in_ch)
+            y = layers(op.name)(h, widths[op.width], mode=mode, in_ch=in_ch, decay=decay)
         elif kind == "dwconv":
-            y = layers(op.name)(h, kernel, mode=mode, in_ch=in_ch)
+            y = layers(op.name)(h, kernel, mode=mode, in_ch=in_ch, decay=decay)
         elif kind == "bn":
             y = layers(op.name)(h, bn_mode=bn_mode, mode=mode, ch=widths[op.width])
         elif kind == "act":
@@ -216,6 +219,7 @@ class MBConvBlock(keras.layers.Layer):
         bn_mode: str,
         mode: str,
         active: tf.Tensor | None = None,
+        decay: tf.Tensor | None = None,
     ) -> tf.Tensor:
         """Runs the block for one child.
 
@@ -228,12 +232,13 @@ class MBConvBlock(keras.layers.Layer):
             bn_mode: BN statistics mode.
             mode: "slice" or "mask".
             active: Mask mode only: 1.0 if the layer is active, 0.0 to skip it.
+            decay: Slice mode: weight decay of the kernel slices used, or None.
 
         Returns:
             The block output.
         """
         widths = {"mid": mid_ch, "se": se_ch, "out": out_ch}
-        return run_ops(self.ops, self.op_layer, x, widths, kernel, bn_mode, mode, active)
+        return run_ops(self.ops, self.op_layer, x, widths, kernel, bn_mode, mode, active, decay)
 
 
 class Supernet(keras.Model):
@@ -362,6 +367,7 @@ class Supernet(keras.Model):
         bn_mode: str | None = None,
         dropout: bool | tf.Tensor = False,
         dropout_seed: tf.Tensor | None = None,
+        weight_decay: tf.Tensor | None = None,
     ) -> tf.Tensor:
         """Runs one child.
 
@@ -376,13 +382,16 @@ class Supernet(keras.Model):
                 trace serves children with and without dropout.
             dropout_seed: Optional [2] int seed for stateless (reproducible,
                 resumable) dropout; stateful dropout if None.
+            weight_decay: Slice mode: this child's own weight decay (scalar
+                tensor), added to the gradient of every convolution and dense
+                kernel slice it uses (`layers.decayed`); None for none.
 
         Returns:
             [B, num_classes] logits.
 
         Raises:
             InvalidArchError: If the arch is invalid or mismatches the images.
-            ValueError: For an unknown bn_mode.
+            ValueError: For an unknown bn_mode, or weight_decay in mask mode.
         """
         if arch is None:
             arch = self.space.largest(resolution=images.shape[1])
@@ -391,6 +400,12 @@ class Supernet(keras.Model):
         if bn_mode not in BN_MODES:
             raise ValueError(f"unknown bn_mode {bn_mode!r}; allowed: {list(BN_MODES)}")
         mode = self.mode
+        if weight_decay is not None and mode != "slice":
+            raise ValueError(
+                "a child's own weight_decay needs mode='slice' (mask mode uses every weight); "
+                f"this supernet has mode={mode!r}"
+            )
+        decay = weight_decay
         # BN statistics summed across replicas (synchronized BN, calibration)
         # cannot sit inside `tf.cond` under MirroredStrategy (its all-reduce is
         # a merge_call), so inactive layers are then gated by multiplication.
@@ -402,7 +417,9 @@ class Supernet(keras.Model):
         )
         widths, depths = a["widths"], a["depths"]
         stem_widths = {"stem": widths[0]}
-        x = run_ops(self.stem_ops, self.op_layer, images, stem_widths, None, bn_mode, mode)
+        x = run_ops(
+            self.stem_ops, self.op_layer, images, stem_widths, None, bn_mode, mode, decay=decay
+        )
         for i, blk in enumerate(self.blocks):
             p = blk.plan
             kwargs = dict(
@@ -412,6 +429,7 @@ class Supernet(keras.Model):
                 out_ch=widths[p.stage + 1],
                 bn_mode=bn_mode,
                 mode=mode,
+                decay=decay,
             )
             if p.index == 0:
                 x = blk(x, **kwargs)
@@ -425,7 +443,9 @@ class Supernet(keras.Model):
                 active = tf.cast(p.index < depths[p.stage], x.dtype)
                 x = blk(x, active=active, **kwargs)
         pooled = [op for op in self.head_ops if op.kind not in ("dropout", "dense")]
-        x = run_ops(tuple(pooled), self.op_layer, x, {"head": widths[-1]}, None, bn_mode, mode)
+        x = run_ops(
+            tuple(pooled), self.op_layer, x, {"head": widths[-1]}, None, bn_mode, mode, decay=decay
+        )
         if isinstance(dropout, tf.Tensor) and training and self.dropout_rate > 0:
             if dropout_seed is None:
                 raise ValueError("a tensor-valued dropout switch needs dropout_seed")
@@ -443,7 +463,7 @@ class Supernet(keras.Model):
                 x = tf.nn.experimental.stateless_dropout(
                     x, rate=self.dropout_rate, seed=dropout_seed
                 )
-        return self.classifier(x)
+        return self.classifier(x, decay=decay)
 
     # ---- per-child BN statistics ----------------------------------------------
     def op_layer(self, name: str) -> keras.layers.Layer:

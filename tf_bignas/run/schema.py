@@ -305,6 +305,10 @@ _DATA = (
     _opt("data.shared_patch", True, _BOOL,
          "The paper's 'same random crop resized to every resolution'; False (for ablation): "
          "an independent crop, flip and augmentation per resolution."),
+    _opt("data.crop_per_child", False, _BOOL,
+         "Ablation of the shared patch: an independent crop, flip and augmentation for every "
+         "child of a step (resized to that child's resolution); needs shared_patch=True and "
+         "transport 'uint8' or 'float'."),
 )  # fmt: skip
 
 _SANDWICH = (
@@ -322,7 +326,8 @@ _SANDWICH = (
     _opt("sandwich.label_smoothing", 0.1, _FRACTION, "Label smoothing of the largest child."),
     _opt("sandwich.weight_decay", 1e-5, _float(0.0), "Weight decay of the largest child."),
     _opt("sandwich.regularize_all_children", False, _BOOL,
-         "Weight decay and dropout on every child, not only the largest."),
+         "Dropout on every child and each child's own weight decay on the kernel slices it "
+         "uses, not only on the largest."),
 )  # fmt: skip
 
 _OPTIMIZER = (

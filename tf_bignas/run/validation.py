@@ -125,6 +125,18 @@ def _check_combinations(config: ml_collections.ConfigDict) -> None:
             "data.shared_patch=False (a patch per resolution) needs data.transport='uint8' or "
             "'float'; 'patch' ships one shared patch"
         )
+    if config.sandwich.regularize_all_children and m.mode != "slice":
+        raise ConfigError(
+            "sandwich.regularize_all_children=True needs model.mode='slice': each child's own "
+            f"weight decay falls on the kernel slices it uses; model.mode={m.mode!r}"
+        )
+    if d.crop_per_child and (not d.shared_patch or d.transport == "patch"):
+        raise ConfigError(
+            f"data.crop_per_child=True with data.shared_patch={d.shared_patch} and "
+            f"data.transport={d.transport!r} is not allowed: a crop per child needs "
+            "data.shared_patch=True (it replaces the shared patch) and data.transport='uint8' "
+            "or 'float'"
+        )
     if m.resolutions and not m.train_resolutions:
         raise ConfigError(
             f"config.model.resolutions = {tuple(m.resolutions)} needs "

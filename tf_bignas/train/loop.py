@@ -291,6 +291,8 @@ class _Run:
             strict=d.strict,
             transport=d.transport,  # the step finishes it (tf_bignas.data.device)
             shared_patch=d.get("shared_patch", True),
+            # Ablation: one crop per child of the step (largest, smallest, random).
+            child_crops=self.config.sandwich.num_random + 2 if d.get("crop_per_child") else 0,
         )
 
     def _restore(self) -> tf.train.CheckpointManager:

@@ -12,8 +12,9 @@ One step, on one batch of shared patches (see `tf_bignas.data`):
    the optimizer makes one update.
 
 Switches give the paper's ablations: `inplace_distillation=False` (every
-child learns from the labels), `regularize_all_children=True` (dropout and
-weight decay on every child instead of the largest only). Two more, for short
+child learns from the labels), `regularize_all_children=True` (dropout on
+every child, and each child's own weight decay on the kernel slices it uses,
+instead of both on the largest child only). Two more, for short
 budgets, where the teacher is weak for much of training: `distill_weight`
 (children's targets mix the teacher with the labels) and `distill_ramp_steps`
 (the teacher's share rises from 0 over the first steps).
@@ -73,7 +74,9 @@ class SandwichOptions:
             learnt something); 0 = from the first step, as in the paper.
         label_smoothing: Label smoothing of the largest child's loss.
         weight_decay: L2 weight decay (on conv and dense kernels), once per step.
-        regularize_all_children: Dropout and weight decay on every child.
+        regularize_all_children: Dropout on every child, and each child's own
+            weight decay on the kernel slices it uses (the paper's ablation;
+            slice mode), not only on the largest child.
         seed: Seed of the child sampler and of dropout.
     """
 
@@ -320,14 +323,21 @@ class SandwichStep:
     def _knobs(self, num_children: int) -> dict[str, np.ndarray]:
         """The options as tensors: changing `self.options` between steps never retraces."""
         opts = self.options
-        regularized = [1.0] + [1.0 if opts.regularize_all_children else 0.0] * (num_children - 1)
-        per_step = num_children if opts.regularize_all_children else 1
+        every = opts.regularize_all_children
+        regularized = [1.0] + [1.0 if every else 0.0] * (num_children - 1)
         return {
             "distill": np.float32(opts.distill_weight if opts.inplace_distillation else 0.0),
             "distill_ramp_steps": np.float32(opts.distill_ramp_steps),
             "label_smoothing": np.float32(opts.label_smoothing),
             "dropout": np.asarray(regularized, np.float32),
-            "weight_decay": np.float32(opts.weight_decay * per_step),
+            "weight_decay": np.float32(opts.weight_decay),
+            # Each other child's own decay, on the kernel slices it uses. A
+            # Python bool: the step's graph holds the decay only when it is on
+            # (switching it retraces once).
+            "own_decay": bool(every),
+            "child_decay": np.asarray(
+                [0.0] + [opts.weight_decay if every else 0.0] * (num_children - 1), np.float32
+            ),
             "seed": np.int64(opts.seed),
         }
 
@@ -363,12 +373,23 @@ class SandwichStep:
         )
         return losses, bad_step, bad_losses
 
-    def _child_pass(self, x, arch, targets, seed, dropout):
-        """Forward and backward of one child: (logits, loss, gradients)."""
+    def _child_pass(self, x, arch, targets, seed, dropout, decay=None):
+        """Forward and backward of one child: (logits, loss, gradients).
+
+        `decay` (None or a scalar tensor): the child's own weight decay, added
+        to the gradients of the kernel slices it uses.
+        """
         net = self.net
         variables = net.trainable_variables
         with tf.GradientTape() as tape:
-            logits = net(x, arch=arch, training=True, dropout=dropout, dropout_seed=seed)
+            logits = net(
+                x,
+                arch=arch,
+                training=True,
+                dropout=dropout,
+                dropout_seed=seed,
+                weight_decay=decay,
+            )
             per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
         grads = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -389,23 +410,34 @@ class SandwichStep:
         eps = knobs["label_smoothing"]
         smooth = tf.one_hot(labels, net.num_classes) * (1.0 - eps) + eps / net.num_classes
         resolutions = self.resolutions
+        # Ablation (data.crop_per_child): [B, K, r, r, 3], the k-th crop for the k-th child.
+        crops = images[resolutions[0]].shape[1] if images[resolutions[0]].shape.rank == 5 else 0
+        if crops and crops != num_children:
+            raise ValueError(
+                f"the batch holds {crops} crops per example, one per child, but the step has "
+                f"{num_children} children; build the data with child_crops={num_children}"
+            )
 
         def child(i, targets):
+            def image(r):
+                return tf.gather(images[r], i, axis=1) if crops else images[r]
+
             arch = {k: tf.gather(v, i) for k, v in archs.items() if k != "res_index"}
             salt = tf.cast(i * 1009 + replica, tf.int64)
             seed = tf.cast(tf.random.experimental.stateless_fold_in(base_seed, salt), tf.int32)
             dropout = tf.gather(knobs["dropout"], i)
+            decay = tf.gather(knobs["child_decay"], i) if knobs["own_decay"] else None
             index = tf.gather(archs["res_index"], i)
             if len(resolutions) == 1:
-                return self._child_fn(images[resolutions[0]], arch, targets, seed, dropout)
+                return self._child_fn(image(resolutions[0]), arch, targets, seed, dropout, decay)
             if self.net.mode == "slice":
                 # Pick the images in-graph: one child graph, with a dynamic
                 # spatial shape, serves every child and resolution.
-                x = tf.switch_case(index, [lambda r=r: images[r] for r in resolutions])
-                return self._child_fn(x, arch, targets, seed, dropout)
+                x = tf.switch_case(index, [lambda r=r: image(r) for r in resolutions])
+                return self._child_fn(x, arch, targets, seed, dropout, decay)
             # Mask mode (XLA): static shapes, so one branch per resolution.
             branches = [
-                (lambda r=r: self._child_fn(images[r], arch, targets, seed, dropout))
+                (lambda r=r: self._child_fn(image(r), arch, targets, seed, dropout, decay))
                 for r in resolutions
             ]
             return tf.switch_case(index, branches)
@@ -449,7 +481,8 @@ class SandwichStep:
                 ),
                 parallel_iterations=1,
             )
-        # 3. Weight decay once per step (the optimizer sums replicas: divide here).
+        # 3. The largest child's weight decay, on every weight (all of them are
+        # its own), once per step (the optimizer sums replicas: divide here).
         scale = knobs["weight_decay"] / self.strategy.num_replicas_in_sync
         grads = [g + scale * v if is_decayed(v) else g for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))

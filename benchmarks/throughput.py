@@ -1,0 +1,187 @@
+"""Training throughput and time to first step, as issue 22 compares them with AttentiveNAS.
+
+    python -m benchmarks.throughput
+    python -m benchmarks.throughput --resolutions=64 --steps=4
+
+For each resolution, in a fresh process (so nothing traced or cached carries
+over), the training path a user runs: the default space at that resolution,
+batch 32, 1000 classes, `SandwichStep.run` (batches from an iterator,
+largest + smallest + 2 random children drawn in-graph, inplace distillation,
+one RMSProp update), the lean Grappler that training uses on CPU hosts. It
+prints, per resolution:
+
+- to first step: wall seconds from the moment the process was started to the
+  end of the first training step (Python start, imports, supernet, tracing,
+  graph optimisation, one step), with its parts and the process's CPU seconds;
+- step: mean wall seconds of the next `--steps` steps (each with its own
+  children, as in training: the uniform sampler of the peer comparison);
+- GMAC/s: the MACs the children of those steps actually ran (forward + 2x
+  backward: MACs x 3 x batch) over their time, comparable across frameworks;
+- matmul: the same process's float32 2048x2048 matmul rate (the machine
+  reference) and the ratio GMAC/s / matmul;
+- ours / peer: that ratio over the peer's, as issue 22 measured it on one
+  idle 2-core machine (AttentiveNAS, PyTorch eager, the same space, batch and
+  sampler): ours at 0.20 of that process's matmul, and ours / peer 1.44 and
+  1.58 at 64 px, 1.16 and 1.25 at 128 px, so the peer ran at about 0.20 /
+  1.51 = 0.132 of matmul at 64 px and 0.20 / 1.205 = 0.166 at 128 px. The
+  ratio to an in-process matmul carries that comparison to another machine
+  of the same kind; it is an estimate, not a side-by-side run;
+- peak RSS: the process's high-water resident memory over all of it.
+
+Targets (issue 22): ours / peer >= 2.0 at 64 and 128 px; first step <= 15 s at
+64 px.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+
+from absl import app, flags
+
+_RESOLUTIONS = flags.DEFINE_list("resolutions", ["64", "128"], "Training resolutions to measure.")
+_SPACE = flags.DEFINE_string("space", "bignas_mobilenetv2", "Search space name.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
+_THREADS = flags.DEFINE_integer("threads", 2, "Intra-op and inter-op threads.")
+_STEPS = flags.DEFINE_integer("steps", 8, "Steps timed after the first.")
+_CHILD = flags.DEFINE_integer("child", 0, "Internal: measure this resolution in this process.")
+_SPAWNED = flags.DEFINE_float("spawned_at", 0.0, "Internal: the parent's clock at the spawn.")
+
+# Issue 22's side-by-side measurement (see the module docstring): the peer's
+# effective MAC rate as a fraction of the same process's 2048^2 matmul rate.
+PEER_RATIO_TO_MATMUL = types.MappingProxyType({64: 0.20 / 1.51, 128: 0.20 / 1.205})
+TARGET_OVER_PEER = 2.0
+TARGET_FIRST_STEP_S = 15.0
+
+
+def _rss_peak_mib() -> float:
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) / 1024
+
+
+def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
+    """Everything of one resolution, in this (fresh) process.
+
+    Args:
+        resolution: Training resolution of every child.
+        spawned_at: `time.time()` of the parent just before it started this process.
+
+    Returns:
+        The figures, in seconds, GMAC/s and MiB.
+    """
+    started = time.time()
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks.common import matmul_gmacs
+    from tf_bignas.model import Supernet, cost
+    from tf_bignas.run.optimizers import RMSpropTF
+    from tf_bignas.space import get_space
+    from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
+
+    imported = time.time()
+    tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
+    tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
+    skip_idle_graph_passes()
+    space = get_space(_SPACE.value).with_resolutions([resolution])
+    bs, nc = _BATCH.value, _NUM_CLASSES.value
+    net = Supernet(space, num_classes=nc)
+    optimizer = RMSpropTF(learning_rate=1e-4, rho=0.9, momentum=0.9, epsilon=1e-3)
+    step = SandwichStep(net, optimizer, SandwichOptions(), bs)
+    rng = np.random.default_rng(0)
+    batch = {
+        "images": {resolution: rng.normal(size=(bs, resolution, resolution, 3)).astype("float32")},
+        "label": rng.integers(0, nc, size=bs).astype(np.int32),
+    }
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    built = time.time()
+    step.run(iterator, 0, 1).losses.numpy()
+    first = time.time()
+    first_cpu = time.process_time()
+    times = []
+    for i in range(1, 1 + _STEPS.value):
+        t0 = time.perf_counter()
+        step.run(iterator, i, 1).losses.numpy()
+        times.append(time.perf_counter() - t0)
+    macs = sum(
+        cost.macs(space, child, nc)
+        for i in range(1, 1 + _STEPS.value)
+        for child in step.sample_children(i)
+    )
+    gmacs = macs * 3 * bs / sum(times) / 1e9
+    rss = _rss_peak_mib()
+    matmul = matmul_gmacs()
+    return {
+        "python_start_s": started - spawned_at,
+        "import_s": imported - started,
+        "build_s": built - imported,
+        "first_call_s": first - built,
+        "to_first_step_s": first - spawned_at,
+        "to_first_step_cpu_s": first_cpu,
+        "step_s": float(np.mean(times)),
+        "step_spread_s": float(np.max(times) - np.min(times)),
+        "gmacs": gmacs,
+        "matmul_gmacs": matmul,
+        "peak_rss_mib": rss,
+        "traces": step.loop_tracing_count,
+    }
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if _CHILD.value:
+        print(json.dumps(_measure(_CHILD.value, _SPAWNED.value)))
+        return
+    passed = [a for a in sys.argv[1:] if not a.startswith("--resolutions")]
+    print(
+        f"space={_SPACE.value} batch={_BATCH.value} classes={_NUM_CLASSES.value} "
+        f"threads={_THREADS.value} steps={_STEPS.value}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    for res in (int(r) for r in _RESOLUTIONS.value):
+        spawned = time.time()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.throughput",
+                f"--child={res}",
+                f"--spawned_at={spawned}",
+                *passed,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            print(f"{res} px: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        ratio = r["gmacs"] / r["matmul_gmacs"]
+        peer = PEER_RATIO_TO_MATMUL.get(res)
+        vs_peer = f"{ratio / peer:.2f} (target >= {TARGET_OVER_PEER})" if peer else "n/a"
+        print(
+            f"\n{res} px\n"
+            f"  to first step  {r['to_first_step_s']:6.1f} s from process start "
+            f"({r['to_first_step_cpu_s']:.1f} CPU s): python {r['python_start_s']:.1f} + "
+            f"imports {r['import_s']:.1f} + build {r['build_s']:.1f} + "
+            f"trace, optimise and first step {r['first_call_s']:.1f}"
+            + (f"  (target <= {TARGET_FIRST_STEP_S:.0f} s)" if res == 64 else "")
+            + f"\n  step           {r['step_s']:6.2f} s (mean of {_STEPS.value}, "
+            f"spread {r['step_spread_s']:.2f} s; traces {r['traces']})\n"
+            f"  throughput     {r['gmacs']:6.2f} GMAC/s; matmul {r['matmul_gmacs']:.1f} GMAC/s "
+            f"in the same process; ratio {ratio:.3f}\n"
+            f"  ours / peer    {vs_peer}  (peer {peer or float('nan'):.3f} of matmul, issue 22)\n"
+            f"  peak RSS       {r['peak_rss_mib']:6.0f} MiB",
+            flush=True,
+        )
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
