@@ -1,15 +1,19 @@
-"""Helpers every benchmark shares: timing, and a machine reference to print
-beside any absolute figure (these machines are shared and differ in speed)."""
+"""Helpers every benchmark shares: timing, a machine reference to print
+beside any absolute figure (these machines are shared and differ in speed),
+and a measurement in a fresh process.
+
+TensorFlow is imported where it is used, so that a benchmark's parent
+process, which only starts fresh ones, stays light.
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
-
-import tensorflow as tf
-
-from tf_bignas.export.host_benchmark import machine_reference
 
 
 def timed(fn: Callable[..., Any], *args: Any) -> float:
@@ -22,6 +26,8 @@ def timed(fn: Callable[..., Any], *args: Any) -> float:
     Returns:
         Wall seconds.
     """
+    import tensorflow as tf
+
     start = time.perf_counter()
     out = fn(*args)
     tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
@@ -41,4 +47,30 @@ def matmul_gmacs(size: int = 2048, repeats: int = 5) -> float:
     Returns:
         Multiply-adds per second / 1e9.
     """
+    from tf_bignas.export.host_benchmark import machine_reference
+
     return machine_reference(size, repeats)
+
+
+def run_fresh(module: str, args: Sequence[str], label: str) -> dict[str, Any] | None:
+    """Runs `python -m module *args` in a fresh process and reads what it measured.
+
+    Nothing traced, compiled or cached in this process carries over.
+
+    Args:
+        module: The benchmark module; its child mode prints a JSON object as
+            the last line of its output.
+        args: Its command-line arguments.
+        label: Names the measurement in a failure message.
+
+    Returns:
+        The parsed JSON object, or None if the process failed (its exit code
+        and the end of its error output are printed).
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        print(f"{label}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])

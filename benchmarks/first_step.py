@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
 from absl import app, flags
+
+from benchmarks.common import run_fresh
 
 _SPACE = flags.DEFINE_string("space", "bignas_mobilenetv2", "Search space name.")
 _RESOLUTION = flags.DEFINE_integer(
@@ -194,16 +195,9 @@ def main(argv: list[str]) -> None:
     reference = [python_reference()]
     for _ in range(_REPEATS.value):
         for variant in _VARIANTS.value:
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.first_step", f"--child={variant}", *flags_out],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if proc.returncode != 0:
-                print(f"{variant}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}")
+            r = run_fresh("benchmarks.first_step", [f"--child={variant}", *flags_out], variant)
+            if r is None:
                 continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
             total = r["trace_s"] + r["first_call_s"]
             total_cpu = r["trace_cpu_s"] + r["first_call_cpu_s"]
             print(

@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 import types
 
 from absl import app, flags
+
+from benchmarks.common import run_fresh
 
 _RESOLUTIONS = flags.DEFINE_list("resolutions", ["64", "128"], "Training resolutions to measure.")
 _SPACE = flags.DEFINE_string("space", "bignas_mobilenetv2", "Search space name.")
@@ -145,23 +146,13 @@ def main(argv: list[str]) -> None:
     )
     for res in (int(r) for r in _RESOLUTIONS.value):
         spawned = time.time()
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.throughput",
-                f"--child={res}",
-                f"--spawned_at={spawned}",
-                *passed,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+        r = run_fresh(
+            "benchmarks.throughput",
+            [f"--child={res}", f"--spawned_at={spawned}", *passed],
+            f"{res} px",
         )
-        if proc.returncode != 0:
-            print(f"{res} px: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}")
+        if r is None:
             continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
         ratio = r["gmacs"] / r["matmul_gmacs"]
         peer = PEER_RATIO_TO_MATMUL.get(res)
         vs_peer = f"{ratio / peer:.2f} (target >= {TARGET_OVER_PEER})" if peer else "n/a"

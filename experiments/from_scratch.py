@@ -108,9 +108,7 @@ def main(argv: list[str]) -> None:
     )
     teacher_dir = os.path.join(root, f"teacher_s{seed}")
 
-    def run_or_read(
-        run: cl.ChildRun, root: str, seed: int, folder: str | None = None
-    ) -> dict | None:
+    def run_or_read(run: cl.ChildRun, folder: str | None = None) -> dict | None:
         folder = folder or os.path.join(root, f"{run.name}_s{seed}")
         if _REPORT_ONLY.value:
             return cl.read_json(os.path.join(folder, cl.RESULTS_FILE))
@@ -129,14 +127,14 @@ def main(argv: list[str]) -> None:
     # then (with --distill) the children on the teacher's soft labels. The
     # report is rewritten after every run, so a stopped run leaves one.
     for row in rows[1:]:
-        row["scratch"] = run_or_read(_child_run(row, "labels", epochs, seed, None), root, seed)
+        row["scratch"] = run_or_read(_child_run(row, "labels", epochs, seed, None))
         _report(rows, supernet, command, epochs)
-    rows[0]["scratch"] = run_or_read(teacher, root, seed, teacher_dir)
+    rows[0]["scratch"] = run_or_read(teacher, teacher_dir)
     _report(rows, supernet, command, epochs)
     if _DISTILL.value:
         for row in rows[1:]:
             run = _child_run(row, "teacher", epochs, seed, teacher_path)
-            row["distill"] = run_or_read(run, root, seed)
+            row["distill"] = run_or_read(run)
             _report(rows, supernet, command, epochs)
     text = _report(rows, supernet, command, epochs)
     print(text)
