@@ -13,6 +13,10 @@ prints, per resolution:
 - to first step: wall seconds from the moment the process was started to the
   end of the first training step (Python start, imports, supernet, tracing,
   graph optimisation, one step), with its parts and the process's CPU seconds;
+- graph cached: the same for a second fresh process that reads the first
+  one's optimised graph from a graph cache (`runtime.graph_cache_dir`,
+  `tf_bignas.train.graph_cache`), as a resumed run or the next run of a sweep
+  does; `--nograph_cache` skips it;
 - step: mean wall seconds of the next `--steps` steps (each with its own
   children, as in training: the uniform sampler of the peer comparison);
 - GMAC/s: the MACs the children of those steps actually ran (forward + 2x
@@ -37,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 import types
 
@@ -52,6 +57,13 @@ _THREADS = flags.DEFINE_integer("threads", 2, "Intra-op and inter-op threads.")
 _STEPS = flags.DEFINE_integer("steps", 8, "Steps timed after the first.")
 _CHILD = flags.DEFINE_integer("child", 0, "Internal: measure this resolution in this process.")
 _SPAWNED = flags.DEFINE_float("spawned_at", 0.0, "Internal: the parent's clock at the spawn.")
+_GRAPH_CACHE = flags.DEFINE_bool(
+    "graph_cache",
+    True,
+    "Also measure a second fresh process that reads the first one's optimised graph "
+    "(runtime.graph_cache_dir; a new empty cache per resolution).",
+)
+_CACHE_DIR = flags.DEFINE_string("cache_dir", "", "Internal: the graph cache of this process.")
 
 # Issue 22's side-by-side measurement (see the module docstring): the peer's
 # effective MAC rate as a fraction of the same process's 2048^2 matmul rate.
@@ -76,6 +88,10 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
         The figures, in seconds, GMAC/s and MiB.
     """
     started = time.time()
+    cache = _CACHE_DIR.value
+    cached_graphs = sum(
+        not name.endswith(".sha256") for _, _, names in os.walk(cache) for name in names
+    )
     import numpy as np
     import tensorflow as tf
 
@@ -93,7 +109,9 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     bs, nc = _BATCH.value, _NUM_CLASSES.value
     net = Supernet(space, num_classes=nc)
     optimizer = RMSpropTF(learning_rate=1e-4, rho=0.9, momentum=0.9, epsilon=1e-3)
-    step = SandwichStep(net, optimizer, SandwichOptions(), bs)
+    step = SandwichStep(
+        net, optimizer, SandwichOptions(), bs, graph_cache_dir=_CACHE_DIR.value or None
+    )
     rng = np.random.default_rng(0)
     batch = {
         "images": {resolution: rng.normal(size=(bs, resolution, resolution, 3)).astype("float32")},
@@ -130,7 +148,41 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
         "matmul_gmacs": matmul,
         "peak_rss_mib": rss,
         "traces": step.loop_tracing_count,
+        "cached_graphs_before": cached_graphs,
     }
+
+
+def _report(res: int, r: dict[str, float], warm: dict[str, float] | None) -> None:
+    """Prints one resolution's figures (and those of the process that read the graph cache)."""
+    ratio = r["gmacs"] / r["matmul_gmacs"]
+    peer = PEER_RATIO_TO_MATMUL.get(res)
+    vs_peer = f"{ratio / peer:.2f} (target >= {TARGET_OVER_PEER})" if peer else "n/a"
+    target = f"  (target <= {TARGET_FIRST_STEP_S:.0f} s)" if res == 64 else ""
+
+    def first(m: dict[str, float]) -> str:
+        return (
+            f"{m['to_first_step_s']:6.1f} s from process start "
+            f"({m['to_first_step_cpu_s']:.1f} CPU s): python {m['python_start_s']:.1f} + "
+            f"imports {m['import_s']:.1f} + build {m['build_s']:.1f} + "
+            f"trace, optimise and first step {m['first_call_s']:.1f}"
+        )
+
+    lines = [f"\n{res} px", f"  to first step  {first(r)}{target}"]
+    if warm is not None and warm["cached_graphs_before"]:
+        lines.append(f"  graph cached   {first(warm)}; later step {warm['step_s']:.2f} s")
+    elif warm is not None:
+        lines.append(
+            "  graph cached   nothing to read: TensorFlow caches graphs optimised in >= 3 s"
+        )
+    lines += [
+        f"  step           {r['step_s']:6.2f} s (mean of {_STEPS.value}, "
+        f"spread {r['step_spread_s']:.2f} s; traces {r['traces']})",
+        f"  throughput     {r['gmacs']:6.2f} GMAC/s; matmul {r['matmul_gmacs']:.1f} GMAC/s "
+        f"in the same process; ratio {ratio:.3f}",
+        f"  ours / peer    {vs_peer}  (peer {peer or float('nan'):.3f} of matmul, issue 22)",
+        f"  peak RSS       {r['peak_rss_mib']:6.0f} MiB",
+    ]
+    print("\n".join(lines), flush=True)
 
 
 def main(argv: list[str]) -> None:
@@ -145,32 +197,21 @@ def main(argv: list[str]) -> None:
         f"load average {os.getloadavg()[0]:.2f}"
     )
     for res in (int(r) for r in _RESOLUTIONS.value):
-        spawned = time.time()
-        r = run_fresh(
-            "benchmarks.throughput",
-            [f"--child={res}", f"--spawned_at={spawned}", *passed],
-            f"{res} px",
-        )
-        if r is None:
-            continue
-        ratio = r["gmacs"] / r["matmul_gmacs"]
-        peer = PEER_RATIO_TO_MATMUL.get(res)
-        vs_peer = f"{ratio / peer:.2f} (target >= {TARGET_OVER_PEER})" if peer else "n/a"
-        print(
-            f"\n{res} px\n"
-            f"  to first step  {r['to_first_step_s']:6.1f} s from process start "
-            f"({r['to_first_step_cpu_s']:.1f} CPU s): python {r['python_start_s']:.1f} + "
-            f"imports {r['import_s']:.1f} + build {r['build_s']:.1f} + "
-            f"trace, optimise and first step {r['first_call_s']:.1f}"
-            + (f"  (target <= {TARGET_FIRST_STEP_S:.0f} s)" if res == 64 else "")
-            + f"\n  step           {r['step_s']:6.2f} s (mean of {_STEPS.value}, "
-            f"spread {r['step_spread_s']:.2f} s; traces {r['traces']})\n"
-            f"  throughput     {r['gmacs']:6.2f} GMAC/s; matmul {r['matmul_gmacs']:.1f} GMAC/s "
-            f"in the same process; ratio {ratio:.3f}\n"
-            f"  ours / peer    {vs_peer}  (peer {peer or float('nan'):.3f} of matmul, issue 22)\n"
-            f"  peak RSS       {r['peak_rss_mib']:6.0f} MiB",
-            flush=True,
-        )
+        with tempfile.TemporaryDirectory(prefix="graph_cache_") as cache:
+            cached = [f"--cache_dir={cache}"] if _GRAPH_CACHE.value else []
+            child = [f"--child={res}", *cached, *passed]
+            spawned = time.time()
+            r = run_fresh("benchmarks.throughput", [*child, f"--spawned_at={spawned}"], f"{res} px")
+            warm = None
+            if r is not None and _GRAPH_CACHE.value:
+                spawned = time.time()
+                warm = run_fresh(
+                    "benchmarks.throughput",
+                    [*child, f"--spawned_at={spawned}"],
+                    f"{res} px, graph cache read",
+                )
+        if r is not None:
+            _report(res, r, warm)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -431,7 +431,9 @@ class Supernet(keras.Model):
                 mode=mode,
                 decay=decay,
             )
-            if p.index == 0:
+            if p.index < min(self.space.stages[p.stage].depths):
+                # In every child of the space: no gate (an idle `tf.cond` costs
+                # its gradient's trace and its intermediates' plumbing).
                 x = blk(x, **kwargs)
             elif mode == "slice" and not cross_replica:
                 x = tf.cond(

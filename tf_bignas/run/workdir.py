@@ -11,6 +11,8 @@ A training run (`tf_bignas.train.loop.train`) writes into its workdir:
 - ``model.json``: the supernet's constructor arguments, the space as data
   (resolution overrides included) and the number of classes;
 - ``checkpoints/``: resumable training state;
+- ``graph_cache/``: the training step's optimised graph, read by a resume
+  (`tf_bignas.train.graph_cache`; `runtime.graph_cache_dir`); safe to delete;
 - at the end, ``supernet.weights.h5`` (final weights; the EMA weights when EMA
   is on), ``bn_stats.npz`` (calibrated BN statistics per child) and
   ``results.json``.
@@ -45,6 +47,7 @@ RESULTS_FILE = "results.json"
 WEIGHTS_FILE = "supernet.weights.h5"
 BN_STATS_FILE = "bn_stats.npz"
 CHECKPOINT_DIR = "checkpoints"
+GRAPH_CACHE_DIR = "graph_cache"  # runtime.graph_cache_dir = "workdir"
 RUN_FILE = "run.json"  # what the workdir holds (see tf_bignas.run.record)
 LOCK_FILE = "run.lock"  # held by the run writing the workdir
 

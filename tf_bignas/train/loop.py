@@ -179,6 +179,33 @@ def _train_worker(
         return _Run(config, workdir, space, info, max_steps, strategy, log, role, own).train()
 
 
+def _graph_cache_dir(
+    runtime: ml_collections.ConfigDict, workdir: str, role: WorkerRole, scratch: str
+) -> str | None:
+    """The directory that `runtime.graph_cache_dir` names.
+
+    TPU runs use none: their graphs are rewritten for the TPU system they
+    were compiled for, which the cache's key does not cover.
+
+    Args:
+        runtime: The config's `runtime` section; `graph_cache_dir` is '' (no
+            cache), 'workdir', or a path.
+        workdir: The run's workdir.
+        role: This process's role (a non-chief worker writes nothing into the workdir).
+        scratch: A non-chief worker's own folder.
+
+    Returns:
+        None for no cache; `<workdir>/graph_cache` (a non-chief worker's:
+        `<scratch>/graph_cache`) for 'workdir'; else the path, `~` expanded.
+    """
+    setting = runtime.graph_cache_dir
+    if not setting or runtime.strategy == "tpu":
+        return None
+    if setting == "workdir":
+        return os.path.join(workdir if role.is_chief else scratch, wd.GRAPH_CACHE_DIR)
+    return os.path.expanduser(setting)
+
+
 def _set_threads(threads: int, log: Callable[[str], None]) -> None:
     """Sets TensorFlow's thread pools, or says why they keep their size.
 
@@ -248,11 +275,15 @@ class _Run:
             self.step_fn = SandwichStep(
                 self.net, self.optimizer, _sandwich_options(config, self.total_steps),
                 self.batch, self.strategy, jit_compile=rt.jit_compile,
+                graph_cache_dir=_graph_cache_dir(rt, workdir, role, scratch),
             )  # fmt: skip
             self.sampler_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
         if role.is_chief:
             wd.write_model_spec(workdir, self.net)
         self.iterator = iter(self.strategy.distribute_datasets_from_function(self.train_input))
+        # Before the restore, which builds graphs of its own: the same trace,
+        # names included, in a fresh run and in its resume (the graph cache's key).
+        self.step_fn.trace(self.iterator)
         self.out_dir = workdir if role.is_chief else scratch
         self.manager = self._restore()
         self.writer = tf.summary.create_file_writer(os.path.join(self.out_dir, "tensorboard"))

@@ -57,6 +57,7 @@ import tensorflow as tf
 from tf_bignas.data.device import network_images
 from tf_bignas.model.supernet import Supernet
 from tf_bignas.space import ArchConfig
+from tf_bignas.train.graph_cache import optimized_graph_cache
 from tf_bignas.train.sampler import ChildSampler
 
 
@@ -180,6 +181,10 @@ class SandwichStep:
             the child pass per child, instead of one loop body (the structure
             before the loop: a longer first call; kept for benchmarks). Always
             on for synchronized BN across replicas.
+        graph_cache_dir: A directory where the step's optimised graph is kept
+            across processes (`tf_bignas.train.graph_cache`, keyed by the
+            graph's content): a later process with the same step skips graph
+            optimisation in its first call. None or "" for no cache.
 
     Raises:
         ValueError: If `jit_compile` is asked for a slice-mode supernet.
@@ -194,6 +199,7 @@ class SandwichStep:
         strategy: tf.distribute.Strategy | None = None,
         jit_compile: bool = False,
         unroll_children: bool = False,
+        graph_cache_dir: str | None = None,
     ) -> None:
         if jit_compile and net.mode != "mask":
             raise ValueError("jit_compile=True needs a supernet with mode='mask' (static shapes)")
@@ -222,6 +228,8 @@ class SandwichStep:
         # tracing for nothing.
         self._step_fn = tf.function(self._distributed_step, autograph=False)
         self._loop_fn = tf.function(self._distributed_loop, autograph=False)
+        self.graph_cache_dir = graph_cache_dir or None
+        self._instantiated: set[str] = set()
         # Create the optimizer's slots now: variable creation inside the first
         # call would make tf.function trace the step twice.
         with self.strategy.scope():
@@ -285,8 +293,8 @@ class SandwichStep:
             {"losses": [num_children] float array, global mean loss per child}.
         """
         archs = self.encode_children(children)
-        losses = self._step_fn(
-            batch, archs, tf.constant(step, tf.int64), self._knobs(len(children))
+        losses = self._call(
+            self._step_fn, batch, archs, tf.constant(step, tf.int64), self._knobs(len(children))
         )
         return {"losses": losses.numpy()}
 
@@ -312,13 +320,46 @@ class SandwichStep:
         """
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        losses, bad_step, bad_losses = self._loop_fn(
+        losses, bad_step, bad_losses = self._call(
+            self._loop_fn,
             iterator,
             tf.constant(step, tf.int64),
             tf.constant(num_steps, tf.int64),
             self._knobs(self.sampler.num_children),
         )
         return LoopOutput(losses, bad_step, bad_losses)
+
+    def trace(self, iterator: object) -> None:
+        """Traces `run` now, for batches from `iterator` (its later calls reuse the trace).
+
+        Graph names come from process-wide counters, so a trace taken before
+        anything else builds graphs (restoring a checkpoint does) is the same
+        graph, names included, in a fresh run and in its resume: the graph
+        cache (`graph_cache_dir`) then serves the resume.
+
+        Args:
+            iterator: The iterator that `run` will read.
+        """
+        self._loop_fn.get_concrete_function(
+            iterator,
+            tf.constant(0, tf.int64),
+            tf.constant(1, tf.int64),
+            self._knobs(self.sampler.num_children),
+        )
+
+    def _call(self, fn: tf.types.experimental.PolymorphicFunction, *args: object) -> object:
+        """Calls a compiled entry point; its first call goes through the graph cache.
+
+        Only the first call: a later retrace (a new input signature, rare in
+        training) optimises its graph without the cache, and no call pays for
+        looking up its trace twice.
+        """
+        if self.graph_cache_dir is None or fn.__name__ in self._instantiated:
+            return fn(*args)
+        with optimized_graph_cache(self.graph_cache_dir, fn.get_concrete_function(*args)):
+            out = fn(*args)
+        self._instantiated.add(fn.__name__)
+        return out
 
     def _knobs(self, num_children: int) -> dict[str, np.ndarray]:
         """The options as tensors: changing `self.options` between steps never retraces."""
