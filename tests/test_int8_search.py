@@ -72,8 +72,12 @@ def test_latency_budget_is_met_with_measured_latency(run):
     assert len(records) >= 5
     for r in records:  # every candidate was timed, once
         assert r["latency_ms"] == pytest.approx(measured[ArchConfig.from_dict(r["arch"]).key])
-    assert len(measured) == len({ArchConfig.from_dict(r["arch"]).key for r in records} |
-                                {space.smallest(16).key, space.largest(16).key})  # fmt: skip
+    evaluated = {ArchConfig.from_dict(r["arch"]).key for r in records}
+    assert evaluated | {space.smallest(16).key, space.largest(16).key} <= set(measured)
+    # A drawn mutation is timed to see whether it fits; one that does not is
+    # never evaluated (on a loaded machine latencies rise, and more are drawn).
+    for key in set(measured) - evaluated - {space.smallest(16).key, space.largest(16).key}:
+        assert measured[key] > entry["limit"], key
     assert pathlib.Path(path, "search", "pareto.png").stat().st_size > 1000
 
 

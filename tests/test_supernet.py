@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 from supernet_testutil import randomize_weights
 
+from tf_bignas.data import build_train_dataset
 from tf_bignas.model import BNStatsStore, Supernet
-from tf_bignas.space import InvalidArchError, get_space
+from tf_bignas.space import InvalidArchError, SearchSpace, StageSpec, get_space
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,63 @@ def test_dropout_only_when_asked(space):
         net(images, arch=arch, training=False, dropout=True).numpy(),
         net(images, arch=arch, training=False).numpy(),
     )
+
+
+def _deep_space() -> SearchSpace:
+    """Stages with two and three blocks after their first: blocks that share a trace."""
+    return SearchSpace(
+        name="deep_tiny",
+        stem_widths=(8, 16),
+        stages=(
+            StageSpec((8, 16), (1, 2), (3, 5), (1.0, 2.0), stride=2),
+            StageSpec((16, 24), (2, 3, 4), (3, 5), (2.0, 4.0), stride=2),
+            StageSpec((24, 32), (1, 2, 3), (3, 5), (2.0, 4.0), stride=1, se=False),
+        ),
+        head_widths=(32, 64),
+        train_resolutions=(16,),
+        resolutions=(16,),
+        stem_stride=1,
+    )
+
+
+def test_blocks_of_one_shape_share_one_trace_with_the_same_loss_and_gradients():
+    space = _deep_space()
+    net = Supernet(space, 10)
+    randomize_weights(net, seed=3)
+    batch = next(iter(build_train_dataset("embedded", "train", (16,), 8, augment="none", seed=2)))
+    images, labels = batch["images"][16], batch["label"]
+    decay = tf.constant(4e-5)
+    children = [space.largest(), space.sample(5), space.smallest()]
+
+    def pass_of(share: bool, arch: dict, weight_decay: tf.Tensor | None) -> tuple:
+        net.share_block_traces = share
+
+        @tf.function(autograph=False)
+        def f(x, a, *decay):
+            with tf.GradientTape() as tape:
+                logits = net(x, arch=a, training=True, weight_decay=decay[0] if decay else None)
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+                )
+            grads = tape.gradient(
+                loss, net.trainable_variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            return loss, grads
+
+        return f(images, arch, *([] if weight_decay is None else [weight_decay]))
+
+    for child in children:
+        for weight_decay in (None, decay):
+            arch = net.encode_arch(child)
+            loss, grads = pass_of(True, arch, weight_decay)
+            ref_loss, ref_grads = pass_of(False, arch, weight_decay)
+            np.testing.assert_allclose(loss.numpy(), ref_loss.numpy(), rtol=1e-6)
+            for g, r, v in zip(grads, ref_grads, net.trainable_variables):
+                np.testing.assert_allclose(
+                    g.numpy(), r.numpy(), rtol=1e-4, atol=1e-6, err_msg=v.path
+                )
+    # One function per (stage with shared blocks, with or without decay).
+    assert len(net._block_functions.functions) == 4
+    largest_grads = pass_of(True, net.encode_arch(space.largest()), None)[1]
+    moved = [float(tf.reduce_max(tf.abs(g))) for g in largest_grads]
+    assert min(moved) > 0  # every weight of the largest child gets a gradient

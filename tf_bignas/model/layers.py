@@ -31,6 +31,8 @@ sqrt(2/25) = 0.28 whatever its channel count, as in EfficientNet.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import keras
 import tensorflow as tf
 
@@ -211,6 +213,7 @@ class DynamicConv2D(keras.layers.Layer):
         mode: str = "slice",
         in_ch: tf.Tensor | None = None,
         decay: tf.Tensor | None = None,
+        weights: Mapping[str, tf.Tensor] | None = None,
     ) -> tf.Tensor:
         """Convolves with the first `out_ch` filters over the input's channels.
 
@@ -220,14 +223,17 @@ class DynamicConv2D(keras.layers.Layer):
             mode: "slice" or "mask".
             in_ch: C when the caller knows it (slice mode); read from x if None.
             decay: Slice mode: weight decay of the used kernel slice (`decayed`).
+            weights: Slice mode: the full "kernel" (and "bias") to use instead
+                of this layer's own (a block traced once for several blocks).
 
         Returns:
             [B, H', W', out_ch] (slice) or [B, H', W', max_out] masked (mask).
         """
         if mode == "slice":
-            w = take(self.kernel, [0, 0, 0, 0], [-1, -1, active_channels(x, in_ch), out_ch])
+            own = weights or {"kernel": self.kernel, "bias": self.bias}
+            w = take(own["kernel"], [0, 0, 0, 0], [-1, -1, active_channels(x, in_ch), out_ch])
             w = decayed(w, decay)
-            b = take(self.bias, [0], [out_ch]) if self.use_bias else None
+            b = take(own["bias"], [0], [out_ch]) if self.use_bias else None
         else:
             w, b = self.kernel, self.bias
         y = tf.nn.conv2d(x, w, self.strides, "SAME")
@@ -265,6 +271,7 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         mode: str = "slice",
         in_ch: tf.Tensor | None = None,
         decay: tf.Tensor | None = None,
+        weights: Mapping[str, tf.Tensor] | None = None,
     ) -> tf.Tensor:
         """Applies the centre `kernel_size` x `kernel_size` taps to the input's channels.
 
@@ -274,6 +281,7 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
             mode: "slice" or "mask".
             in_ch: C when the caller knows it (slice mode); read from x if None.
             decay: Slice mode: weight decay of the used kernel slice (`decayed`).
+            weights: Slice mode: the full "kernel" to use instead of this layer's own.
 
         Returns:
             [B, H', W', C].
@@ -282,9 +290,8 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         if mode == "slice":
             start = (big - kernel_size) // 2
             c = active_channels(x, in_ch)
-            w = decayed(
-                take(self.kernel, [start, start, 0, 0], [kernel_size, kernel_size, c, -1]), decay
-            )
+            full = self.kernel if weights is None else weights["kernel"]
+            w = decayed(take(full, [start, start, 0, 0], [kernel_size, kernel_size, c, -1]), decay)
         else:
             taps = tf.cast(
                 tf.abs(tf.range(big) - big // 2) <= tf.cast(kernel_size, tf.int32) // 2,
@@ -396,6 +403,7 @@ class DynamicBatchNorm(keras.layers.Layer):
         bn_mode: str = "batch",
         mode: str = "slice",
         ch: tf.Tensor | None = None,
+        weights: Mapping[str, tf.Tensor] | None = None,
     ) -> tf.Tensor:
         """Normalises the active channels.
 
@@ -405,13 +413,16 @@ class DynamicBatchNorm(keras.layers.Layer):
             mode: "slice" or "mask".
             ch: Active channels: needed in mask mode to zero the rest; in
                 slice mode (x has exactly `ch` channels) it saves a shape op.
+            weights: The full "gamma" and "beta" to use instead of this
+                layer's own (a block traced once for several blocks).
 
         Returns:
             The normalised tensor, same shape as x.
         """
         # In slice mode the input has exactly `ch` channels.
         c = active_channels(x, ch if mode == "slice" else None)
-        gamma, beta = take(self.gamma, [0], [c]), take(self.beta, [0], [c])
+        own = weights or {"gamma": self.gamma, "beta": self.beta}
+        gamma, beta = take(own["gamma"], [0], [c]), take(own["beta"], [0], [c])
         if bn_mode == "stored":
             mean, var = self.moving_mean[:c], self.moving_variance[:c]
             y = tf.nn.batch_normalization(x, mean, var, beta, gamma, self.epsilon)

@@ -24,7 +24,11 @@ Two execution modes, chosen per supernet (`mode=`):
   are skipped with `tf.cond`. Convolutions then run on exactly the child's
   shapes, so a small child costs about what its static model costs (see
   `benchmarks/supernet_vs_static.py`). Shapes inside the graph are dynamic,
-  which XLA cannot compile.
+  which XLA cannot compile. Inside a compiled training step, the blocks after
+  the first of a stage (same ops, same weight shapes) run through one
+  `tf.function` that takes their weights as arguments, traced once per stage
+  with its backward (`share_block_traces`): a shorter trace, the same ops and
+  values.
 - ``"mask"``, for XLA and TPUs (`jit_compile=True`): the full weights always
   run; inactive channels, kernel taps and layers are multiplied by zero masks,
   so every shape is static and one compiled program serves every child. Its
@@ -78,6 +82,32 @@ from tf_bignas.space import ArchConfig, InvalidArchError, SearchSpace
 
 ArchTensors = Mapping[str, tf.Tensor]
 
+# Ops whose layer holds weights a block function takes as arguments.
+WEIGHTED_KINDS = ("conv", "dwconv", "bn")
+
+
+def _slots(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
+    """The full weights a dynamic layer reads in a slice-mode training step, by name."""
+    if isinstance(layer, DynamicBatchNorm):
+        return {"gamma": layer.gamma, "beta": layer.beta}
+    if isinstance(layer, DynamicConv2D) and layer.use_bias:
+        return {"kernel": layer.kernel, "bias": layer.bias}
+    return {"kernel": layer.kernel}
+
+
+class _BlockFunctions:
+    """One compiled function per block shape, shared by the blocks of that shape.
+
+    The blocks after the first of a stage have the same ops and weight shapes;
+    their training pass (forward and, through the tape, backward) is traced
+    once with the weights as arguments instead of once per block, which
+    shortens the training step's trace. Not a Keras-tracked attribute.
+    """
+
+    def __init__(self) -> None:
+        self.functions: dict[tuple, tf.types.experimental.PolymorphicFunction] = {}
+        self.templates: dict[tuple, MBConvBlock] = {}
+
 
 def _dynamic_layer(
     op: Op, max_kernel: int, zero_init_last_bn: bool, synchronized_bn: bool, bn_epsilon: float
@@ -114,6 +144,7 @@ def run_ops(
     mode: str,
     active: tf.Tensor | None = None,
     decay: tf.Tensor | None = None,
+    weights: Callable[[str], Mapping[str, tf.Tensor]] | None = None,
 ) -> tf.Tensor:
     """Runs a list of ops (a block, the stem, the head up to pooling) for one child.
 
@@ -129,6 +160,9 @@ def run_ops(
             residual branch.
         decay: Slice mode: weight decay of the convolution kernel slices used
             (`layers.decayed`), or None.
+        weights: Slice mode: op name -> the full weights its layer uses
+            instead of its own (`Supernet` traces a block once for every
+            block of the same shape); None for the layers' own.
 
     Returns:
         The output of the last op.
@@ -143,12 +177,15 @@ def run_ops(
         kind = op.kind
         in_ch = chans[op.inputs[0]]
         chans[op.name] = in_ch if op.width == "same" else widths[op.width]
+        own = None if weights is None or kind not in WEIGHTED_KINDS else weights(op.name)
         if kind == "conv":
-            y = layers(op.name)(h, widths[op.width], mode=mode, in_ch=in_ch, decay=decay)
+            y = layers(op.name)(
+                h, widths[op.width], mode=mode, in_ch=in_ch, decay=decay, weights=own
+            )
         elif kind == "dwconv":
-            y = layers(op.name)(h, kernel, mode=mode, in_ch=in_ch, decay=decay)
+            y = layers(op.name)(h, kernel, mode=mode, in_ch=in_ch, decay=decay, weights=own)
         elif kind == "bn":
-            y = layers(op.name)(h, bn_mode=bn_mode, mode=mode, ch=widths[op.width])
+            y = layers(op.name)(h, bn_mode=bn_mode, mode=mode, ch=widths[op.width], weights=own)
         elif kind == "act":
             y = activation(h, op.function)
         elif kind == "se_pool":
@@ -208,6 +245,10 @@ class MBConvBlock(keras.layers.Layer):
     def op_layer(self, name: str) -> keras.layers.Layer:
         """The dynamic layer of one of the block's ops, by op name."""
         return getattr(self, name[len(self.plan.name) + 1 :])
+
+    def weighted_ops(self) -> tuple[Op, ...]:
+        """The ops whose layers hold weights, in the block's order."""
+        return tuple(op for op in self.ops if op.kind in WEIGHTED_KINDS)
 
     def call(
         self,
@@ -309,6 +350,10 @@ class Supernet(keras.Model):
         for blk in self.blocks:
             self._track_trackable(blk, name=blk.name)
         add_layers(self.head_ops)
+        self._block_functions = _BlockFunctions()
+        # Trace the repeated blocks of a stage once (`_shared_block`); False
+        # traces every block on its own (the same ops and values).
+        self.share_block_traces = True
         self.built = True
 
     # ---- architecture encoding ------------------------------------------------
@@ -416,6 +461,17 @@ class Supernet(keras.Model):
             and (bn_mode == "calibrate" or (bn_mode == "batch" and self.synchronized_bn))
         )
         widths, depths = a["widths"], a["depths"]
+        # Inside a compiled function (the training step), the blocks after the
+        # first of a stage share one traced function (`_shared_block`) when
+        # the stage has two or more of them; eager calls run the layers directly.
+        shared = (
+            self.share_block_traces
+            and mode == "slice"
+            and bn_mode == "batch"
+            and not cross_replica
+            and not self.synchronized_bn
+            and not tf.executing_eagerly()
+        )
         stem_widths = {"stem": widths[0]}
         x = run_ops(
             self.stem_ops, self.op_layer, images, stem_widths, None, bn_mode, mode, decay=decay
@@ -431,16 +487,16 @@ class Supernet(keras.Model):
                 mode=mode,
                 decay=decay,
             )
+            if shared and p.index > 0 and max(self.space.stages[p.stage].depths) > 2:
+                run = lambda x, blk=blk, kw=kwargs: self._shared_block(blk, x, kw)  # noqa: E731
+            else:
+                run = lambda x, blk=blk, kw=kwargs: blk(x, **kw)  # noqa: E731
             if p.index < min(self.space.stages[p.stage].depths):
                 # In every child of the space: no gate (an idle `tf.cond` costs
                 # its gradient's trace and its intermediates' plumbing).
-                x = blk(x, **kwargs)
+                x = run(x)
             elif mode == "slice" and not cross_replica:
-                x = tf.cond(
-                    p.index < depths[p.stage],
-                    lambda blk=blk, x=x, kw=kwargs: blk(x, **kw),
-                    lambda x=x: x,
-                )
+                x = tf.cond(p.index < depths[p.stage], lambda run=run, x=x: run(x), lambda x=x: x)
             else:
                 active = tf.cast(p.index < depths[p.stage], x.dtype)
                 x = blk(x, active=active, **kwargs)
@@ -466,6 +522,52 @@ class Supernet(keras.Model):
                     x, rate=self.dropout_rate, seed=dropout_seed
                 )
         return self.classifier(x, decay=decay)
+
+    def _shared_block(self, blk: MBConvBlock, x: tf.Tensor, kwargs: dict) -> tf.Tensor:
+        """Runs a block through the one traced function of its shape (slice mode, batch BN).
+
+        Same ops, weights and results as `blk(x, **kwargs)`; the function takes
+        the block's full weights as arguments, so every block of the same
+        shape (the blocks after the first of a stage) reuses its trace, and
+        the tape's backward function of it.
+        """
+        p = blk.plan
+        decay = kwargs["decay"]
+        key = (p.stage, decay is None)
+        fns = self._block_functions
+        if key not in fns.functions:
+            template = blk
+
+            def body(x, kernel, mid, se, out, decay, weights):
+                by_name = {op.name: w for op, w in zip(template.weighted_ops(), weights)}
+                return run_ops(
+                    template.ops,
+                    template.op_layer,
+                    x,
+                    {"mid": mid, "se": se, "out": out},
+                    kernel,
+                    "batch",
+                    "slice",
+                    decay=decay,
+                    weights=by_name.__getitem__,
+                )
+
+            fns.functions[key] = tf.function(body, autograph=False, reduce_retracing=True)
+            fns.templates[key] = blk
+        weights = tuple(
+            {k: tf.convert_to_tensor(v) for k, v in _slots(blk.op_layer(op.name)).items()}
+            for op in blk.weighted_ops()
+        )
+        template = fns.templates[key]
+        if template is not blk:
+            want = [[tuple(v.shape) for v in _slots(template.op_layer(op.name)).values()]
+                    for op in template.weighted_ops()]  # fmt: skip
+            have = [[tuple(t.shape) for t in w.values()] for w in weights]
+            if want != have:
+                raise AssertionError(f"block {p.name} differs in shape from {template.plan.name}")
+        return fns.functions[key](
+            x, kwargs["kernel"], kwargs["mid_ch"], kwargs["se_ch"], kwargs["out_ch"], decay, weights
+        )
 
     # ---- per-child BN statistics ----------------------------------------------
     def op_layer(self, name: str) -> keras.layers.Layer:
