@@ -88,10 +88,6 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
         The figures, in seconds, GMAC/s and MiB.
     """
     started = time.time()
-    cache = _CACHE_DIR.value
-    cached_graphs = sum(
-        not name.endswith(".sha256") for _, _, names in os.walk(cache) for name in names
-    )
     import numpy as np
     import tensorflow as tf
 
@@ -99,9 +95,14 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     from tf_bignas.model import Supernet, cost
     from tf_bignas.run.optimizers import RMSpropTF
     from tf_bignas.space import get_space
+    from tf_bignas.train.graph_cache import CHECKSUM_SUFFIX
     from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
 
     imported = time.time()
+    cache = _CACHE_DIR.value
+    cached_graphs = sum(
+        not name.endswith(CHECKSUM_SUFFIX) for _, _, names in os.walk(cache) for name in names
+    )
     tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
     tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
     skip_idle_graph_passes()
@@ -109,9 +110,7 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     bs, nc = _BATCH.value, _NUM_CLASSES.value
     net = Supernet(space, num_classes=nc)
     optimizer = RMSpropTF(learning_rate=1e-4, rho=0.9, momentum=0.9, epsilon=1e-3)
-    step = SandwichStep(
-        net, optimizer, SandwichOptions(), bs, graph_cache_dir=_CACHE_DIR.value or None
-    )
+    step = SandwichStep(net, optimizer, SandwichOptions(), bs, graph_cache_dir=cache or None)
     rng = np.random.default_rng(0)
     batch = {
         "images": {resolution: rng.normal(size=(bs, resolution, resolution, 3)).astype("float32")},

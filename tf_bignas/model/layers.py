@@ -230,7 +230,7 @@ class DynamicConv2D(keras.layers.Layer):
             [B, H', W', out_ch] (slice) or [B, H', W', max_out] masked (mask).
         """
         if mode == "slice":
-            own = weights or {"kernel": self.kernel, "bias": self.bias}
+            own = weights or self.full_weights()
             w = take(own["kernel"], [0, 0, 0, 0], [-1, -1, active_channels(x, in_ch), out_ch])
             w = decayed(w, decay)
             b = take(own["bias"], [0], [out_ch]) if self.use_bias else None
@@ -242,6 +242,10 @@ class DynamicConv2D(keras.layers.Layer):
         if mode == "mask":
             y = y * channel_mask(out_ch, self.max_out, y.dtype)
         return y
+
+    def full_weights(self) -> dict[str, keras.Variable]:
+        """The full weights a slice-mode call slices, by the names `call(weights=)` takes."""
+        return {"kernel": self.kernel, **({"bias": self.bias} if self.use_bias else {})}
 
 
 class DynamicDepthwiseConv2D(keras.layers.Layer):
@@ -290,7 +294,7 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         if mode == "slice":
             start = (big - kernel_size) // 2
             c = active_channels(x, in_ch)
-            full = self.kernel if weights is None else weights["kernel"]
+            full = (weights or self.full_weights())["kernel"]
             w = decayed(take(full, [start, start, 0, 0], [kernel_size, kernel_size, c, -1]), decay)
         else:
             taps = tf.cast(
@@ -299,6 +303,10 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
             )
             w = self.kernel * (taps[:, None, None, None] * taps[None, :, None, None])
         return tf.nn.depthwise_conv2d(x, w, [1, self.strides, self.strides, 1], "SAME")
+
+    def full_weights(self) -> dict[str, keras.Variable]:
+        """The full weights a slice-mode call slices, by the names `call(weights=)` takes."""
+        return {"kernel": self.kernel}
 
 
 class DynamicBatchNorm(keras.layers.Layer):
@@ -390,6 +398,10 @@ class DynamicBatchNorm(keras.layers.Layer):
         for v in (self.calib_sum, self.calib_sqsum, self.calib_count):
             v.assign(tf.zeros_like(v))
 
+    def full_weights(self) -> dict[str, keras.Variable]:
+        """The full weights a call slices, by the names `call(weights=)` takes."""
+        return {"gamma": self.gamma, "beta": self.beta}
+
     def calibrated_stats(self) -> tuple[tf.Tensor, tf.Tensor]:
         """Mean and (biased) variance over everything accumulated since the reset."""
         n = tf.maximum(self.calib_count, 1.0)
@@ -421,7 +433,7 @@ class DynamicBatchNorm(keras.layers.Layer):
         """
         # In slice mode the input has exactly `ch` channels.
         c = active_channels(x, ch if mode == "slice" else None)
-        own = weights or {"gamma": self.gamma, "beta": self.beta}
+        own = weights or self.full_weights()
         gamma, beta = take(own["gamma"], [0], [c]), take(own["beta"], [0], [c])
         if bn_mode == "stored":
             mean, var = self.moving_mean[:c], self.moving_variance[:c]

@@ -86,15 +86,6 @@ ArchTensors = Mapping[str, tf.Tensor]
 WEIGHTED_KINDS = ("conv", "dwconv", "bn")
 
 
-def _slots(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
-    """The full weights a dynamic layer reads in a slice-mode training step, by name."""
-    if isinstance(layer, DynamicBatchNorm):
-        return {"gamma": layer.gamma, "beta": layer.beta}
-    if isinstance(layer, DynamicConv2D) and layer.use_bias:
-        return {"kernel": layer.kernel, "bias": layer.bias}
-    return {"kernel": layer.kernel}
-
-
 class _BlockFunctions:
     """One compiled function per block shape, shared by the blocks of that shape.
 
@@ -105,8 +96,8 @@ class _BlockFunctions:
     """
 
     def __init__(self) -> None:
-        self.functions: dict[tuple, tf.types.experimental.PolymorphicFunction] = {}
-        self.templates: dict[tuple, MBConvBlock] = {}
+        # key -> (the function, the block it was traced with)
+        self.functions: dict[tuple, tuple[Callable[..., tf.Tensor], MBConvBlock]] = {}
 
 
 def _dynamic_layer(
@@ -534,8 +525,8 @@ class Supernet(keras.Model):
         p = blk.plan
         decay = kwargs["decay"]
         key = (p.stage, decay is None)
-        fns = self._block_functions
-        if key not in fns.functions:
+        fns = self._block_functions.functions
+        if key not in fns:
             template = blk
 
             def body(x, kernel, mid, se, out, decay, weights):
@@ -552,20 +543,19 @@ class Supernet(keras.Model):
                     weights=by_name.__getitem__,
                 )
 
-            fns.functions[key] = tf.function(body, autograph=False, reduce_retracing=True)
-            fns.templates[key] = blk
+            fns[key] = (tf.function(body, autograph=False, reduce_retracing=True), blk)
+        function, template = fns[key]
         weights = tuple(
-            {k: tf.convert_to_tensor(v) for k, v in _slots(blk.op_layer(op.name)).items()}
+            {k: tf.convert_to_tensor(v) for k, v in blk.op_layer(op.name).full_weights().items()}
             for op in blk.weighted_ops()
         )
-        template = fns.templates[key]
         if template is not blk:
-            want = [[tuple(v.shape) for v in _slots(template.op_layer(op.name)).values()]
+            want = [[tuple(v.shape) for v in template.op_layer(op.name).full_weights().values()]
                     for op in template.weighted_ops()]  # fmt: skip
             have = [[tuple(t.shape) for t in w.values()] for w in weights]
             if want != have:
                 raise AssertionError(f"block {p.name} differs in shape from {template.plan.name}")
-        return fns.functions[key](
+        return function(
             x, kwargs["kernel"], kwargs["mid_ch"], kwargs["se_ch"], kwargs["out_ch"], decay, weights
         )
 

@@ -321,11 +321,7 @@ class SandwichStep:
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         losses, bad_step, bad_losses = self._call(
-            self._loop_fn,
-            iterator,
-            tf.constant(step, tf.int64),
-            tf.constant(num_steps, tf.int64),
-            self._knobs(self.sampler.num_children),
+            self._loop_fn, *self._loop_args(iterator, step, num_steps)
         )
         return LoopOutput(losses, bad_step, bad_losses)
 
@@ -340,10 +336,14 @@ class SandwichStep:
         Args:
             iterator: The iterator that `run` will read.
         """
-        self._loop_fn.get_concrete_function(
+        self._loop_fn.get_concrete_function(*self._loop_args(iterator, 0, 1))
+
+    def _loop_args(self, iterator: object, step: int, num_steps: int) -> tuple:
+        """The arguments of the K-step function: `run` calls it with them, `trace` traces it."""
+        return (
             iterator,
-            tf.constant(0, tf.int64),
-            tf.constant(1, tf.int64),
+            tf.constant(step, tf.int64),
+            tf.constant(num_steps, tf.int64),
             self._knobs(self.sampler.num_children),
         )
 
