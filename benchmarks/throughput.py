@@ -13,10 +13,10 @@ prints, per resolution:
 - to first step: wall seconds from the moment the process was started to the
   end of the first training step (Python start, imports, supernet, tracing,
   graph optimisation, one step), with its parts and the process's CPU seconds;
-- graph cached: the same for a second fresh process that reads the first
-  one's optimised graph from a graph cache (`runtime.graph_cache_dir`,
-  `tf_bignas.train.graph_cache`), as a resumed run or the next run of a sweep
-  does; `--nograph_cache` skips it;
+- cached: the same for a second fresh process that loads the first one's
+  trace (`tf_bignas.train.trace_cache`) and reads its optimised graph
+  (`tf_bignas.train.graph_cache`) from the cache (`runtime.graph_cache_dir`),
+  as a resumed run or the next run of a sweep does; `--nograph_cache` skips it;
 - step: mean wall seconds of the next `--steps` steps (each with its own
   children, as in training: the uniform sampler of the peer comparison);
 - GMAC/s: the MACs the children of those steps actually ran (forward + 2x
@@ -97,12 +97,18 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     from tf_bignas.space import get_space
     from tf_bignas.train.graph_cache import CHECKSUM_SUFFIX
     from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
+    from tf_bignas.train.trace_cache import TRACES_DIR
 
     imported = time.time()
     cache = _CACHE_DIR.value
     cached_graphs = sum(
-        not name.endswith(CHECKSUM_SUFFIX) for _, _, names in os.walk(cache) for name in names
+        not name.endswith(CHECKSUM_SUFFIX)
+        for d, _, names in os.walk(cache)
+        if os.path.basename(d) != TRACES_DIR
+        for name in names
     )
+    traces = os.path.join(cache, TRACES_DIR)
+    cached_traces = len(os.listdir(traces)) // 2 if os.path.isdir(traces) else 0
     tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
     tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
     skip_idle_graph_passes()
@@ -118,6 +124,8 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     }
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     built = time.time()
+    step.trace(iterator)
+    traced = time.time()
     step.run(iterator, 0, 1).losses.numpy()
     first = time.time()
     first_cpu = time.process_time()
@@ -138,7 +146,8 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
         "python_start_s": started - spawned_at,
         "import_s": imported - started,
         "build_s": built - imported,
-        "first_call_s": first - built,
+        "trace_s": traced - built,
+        "first_call_s": first - traced,
         "to_first_step_s": first - spawned_at,
         "to_first_step_cpu_s": first_cpu,
         "step_s": float(np.mean(times)),
@@ -148,6 +157,7 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
         "peak_rss_mib": rss,
         "traces": step.loop_tracing_count,
         "cached_graphs_before": cached_graphs,
+        "cached_traces_before": cached_traces,
     }
 
 
@@ -163,16 +173,18 @@ def _report(res: int, r: dict[str, float], warm: dict[str, float] | None) -> Non
             f"{m['to_first_step_s']:6.1f} s from process start "
             f"({m['to_first_step_cpu_s']:.1f} CPU s): python {m['python_start_s']:.1f} + "
             f"imports {m['import_s']:.1f} + build {m['build_s']:.1f} + "
-            f"trace, optimise and first step {m['first_call_s']:.1f}"
+            f"{'load' if m['cached_traces_before'] else 'trace'} {m['trace_s']:.1f} + "
+            f"{'read graph' if m['cached_graphs_before'] else 'optimise'} and first step "
+            f"{m['first_call_s']:.1f}"
         )
 
     lines = [f"\n{res} px", f"  to first step  {first(r)}{target}"]
-    if warm is not None and warm["cached_graphs_before"]:
-        lines.append(f"  graph cached   {first(warm)}; later step {warm['step_s']:.2f} s")
-    elif warm is not None:
-        lines.append(
-            "  graph cached   nothing to read: TensorFlow caches graphs optimised in >= 3 s"
-        )
+    if warm is not None:
+        lines.append(f"  cached         {first(warm)}; later step {warm['step_s']:.2f} s")
+        if not warm["cached_graphs_before"]:
+            lines.append(
+                "                 (no graph to read: TensorFlow caches graphs optimised in >= 3 s)"
+            )
     lines += [
         f"  step           {r['step_s']:6.2f} s (mean of {_STEPS.value}, "
         f"spread {r['step_spread_s']:.2f} s; traces {r['traces']})",

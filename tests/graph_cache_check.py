@@ -1,9 +1,10 @@
-"""Run by test_graph_cache.py in a fresh process: the graph cache works across processes.
+"""Run by test_graph_cache.py in a fresh process: the graph and trace caches across processes.
 
 Trains the default space (its step's graph takes TensorFlow seconds to
 optimise, above the 3 s from which TensorFlow caches it) for a few sandwich
-steps on the embedded digits with a graph cache, and prints the losses and the
-cache's entries as JSON. TensorFlow's own log (stderr, with
+steps on the embedded digits with a graph cache, and prints the losses, the
+graph cache's entries, the stored traces and how often the step was traced
+(0: its trace was loaded) as JSON. TensorFlow's own log (stderr, with
 TF_CPP_VMODULE=optimize_function_graph_utils=3) says whether the optimised graph
 was written, read back or re-optimised.
 
@@ -25,6 +26,7 @@ from tf_bignas.model import Supernet
 from tf_bignas.run.optimizers import RMSpropTF
 from tf_bignas.space import get_space
 from tf_bignas.train.step import SandwichOptions, SandwichStep
+from tf_bignas.train.trace_cache import TRACES_DIR
 
 BATCH = 2
 STEPS = 3
@@ -45,10 +47,13 @@ def main() -> None:
     ).map(lambda b: {**b, "label": b["label"] % num_classes})
     iterator = iter(train)
     losses = [step.run(iterator, s, 1).losses.numpy().tolist() for s in range(STEPS)]
-    entries = sorted(
+    files = sorted(
         os.path.relpath(os.path.join(d, f), cache) for d, _, fs in os.walk(cache) for f in fs
     )
-    print(json.dumps({"losses": losses, "entries": entries, "traces": step.loop_tracing_count}))
+    graphs = [f for f in files if not f.startswith(TRACES_DIR + os.sep)]
+    stored = [f for f in files if f.startswith(TRACES_DIR + os.sep)]
+    out = {"losses": losses, "entries": graphs, "stored_traces": stored}
+    print(json.dumps({**out, "traces": step.loop_tracing_count}))
     assert np.all(np.isfinite(losses))
 
 

@@ -21,12 +21,15 @@ from tf_bignas.train.graph_cache import (
     TF_CACHE_VARIABLE,
     graph_fingerprint,
     optimized_graph_cache,
+    traced_graph_digest,
 )
+from tf_bignas.train.trace_cache import TRACES_DIR
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WROTE = "Successfully wrote the optimized Tensorflow graph into cache"
 READ = "Successfully restored the Tensorflow optimized graph from the cache"
 REMOVED = "has no valid checksum; removed, the graph is optimised again"
+TRACE_REMOVED = "does not match its checksum; removed, the step is traced again"
 
 
 def _logged_env() -> dict[str, str]:
@@ -67,16 +70,22 @@ def test_a_later_process_reads_the_graph_back_and_trains_the_same_weights(tmp_pa
     graph, checksum = first["entries"]  # <fingerprint>/<job>_<function name>[.sha256]
     assert checksum == graph + CHECKSUM_SUFFIX and len(graph.split(os.sep)[0]) == 32
 
+    (trace_json, trace_pb) = first["stored_traces"]  # traces/<key>.json, .pb
+    assert first["traces"] == 1
+
+    # The second process loads the trace (it traces nothing) and reads the graph.
     second, log = _run(cache, 10)
     assert READ in log and WROTE not in log
     assert second["entries"] == first["entries"]
+    assert second["stored_traces"] == first["stored_traces"]
     assert second["losses"] == first["losses"]  # bit for bit
-    assert second["traces"] == first["traces"] == 1
+    assert second["traces"] == 0
 
     # Another graph under the same function name: its own entry, never the first one's.
     other, log = _run(cache, 11)
     assert READ not in log and WROTE in log
     assert len(other["entries"]) == 4 and set(first["entries"]) < set(other["entries"])
+    assert len(other["stored_traces"]) == 4 and other["traces"] == 1
     assert other["losses"] != first["losses"]
 
     # A damaged file (TensorFlow would read it as an empty graph and fail): it
@@ -85,8 +94,16 @@ def test_a_later_process_reads_the_graph_back_and_trains_the_same_weights(tmp_pa
     path.write_bytes(path.read_bytes()[:1000])
     again, log = _run(cache, 10)
     assert REMOVED in log and WROTE in log and READ not in log
-    assert again["losses"] == first["losses"]
+    assert again["losses"] == first["losses"] and again["traces"] == 0
     assert (cache / checksum).read_text() == sha256_path(str(path), 64)
+
+    # A damaged trace: removed, the step traced and stored again; the same training.
+    stored = cache / trace_pb
+    stored.write_bytes(stored.read_bytes()[:1000])
+    again, log = _run(cache, 10)
+    assert TRACE_REMOVED in log and READ in log
+    assert again["traces"] == 1 and again["losses"] == first["losses"]
+    assert set(again["stored_traces"]) == set(other["stored_traces"])  # stored again
 
 
 def test_a_resumed_training_run_reads_the_graph_its_first_part_wrote(tmp_path):
@@ -123,34 +140,39 @@ def test_a_resumed_training_run_reads_the_graph_its_first_part_wrote(tmp_path):
 
     log = train(2)
     assert WROTE in log and READ not in log
+    assert "training step: traced and stored in the trace cache" in log
     log = train(4)
     assert "resumed from" in log and READ in log and WROTE not in log
-    (entry,) = os.listdir(workdir / "graph_cache")
-    assert sorted(os.listdir(workdir / "graph_cache" / entry)) == [
-        "_-1___inference__distributed_loop_10",
-        "_-1___inference__distributed_loop_10" + CHECKSUM_SUFFIX,
-    ]
+    assert "training step: trace loaded from the trace cache" in log
+    cache = workdir / "graph_cache"
+    (entry,) = set(os.listdir(cache)) - {TRACES_DIR}
+    (graph, checksum) = sorted(os.listdir(cache / entry))
+    assert checksum == graph + CHECKSUM_SUFFIX
+    assert len(os.listdir(cache / TRACES_DIR)) == 2  # one trace: the resume loaded it
 
 
-def _traced(scale: float) -> tf.types.experimental.ConcreteFunction:
-    return tf.function(lambda x: x * scale).get_concrete_function(tf.TensorSpec([None], tf.float32))
+def _traced(scale: float) -> str:
+    fn = tf.function(lambda x: x * scale)
+    return traced_graph_digest(fn.get_concrete_function(tf.TensorSpec([None], tf.float32)))
 
 
 def test_fingerprint_follows_the_graph():
     a, b = _traced(2.0), _traced(3.0)
-    assert graph_fingerprint(a) == graph_fingerprint(a)
+    assert graph_fingerprint(a) == graph_fingerprint(a) and len(a) == 64
     assert graph_fingerprint(a) != graph_fingerprint(b)
 
 
 def test_cache_variable_is_set_inside_the_block_only(tmp_path, monkeypatch):
     monkeypatch.setenv(TF_CACHE_VARIABLE, "/elsewhere")
-    concrete = _traced(2.0)
-    with optimized_graph_cache(str(tmp_path), concrete) as entry:
+    digest = _traced(2.0)
+    with optimized_graph_cache(str(tmp_path), digest) as entry:
         assert os.environ[TF_CACHE_VARIABLE] == entry
-        assert os.path.isdir(entry) and os.path.dirname(entry) == str(tmp_path)
+        assert os.path.dirname(entry) == str(tmp_path)
+    # Nothing was written (no call): no empty entry is left behind.
+    assert not os.path.exists(entry)
     assert os.environ[TF_CACHE_VARIABLE] == "/elsewhere"
     monkeypatch.delenv(TF_CACHE_VARIABLE)
-    with pytest.raises(RuntimeError), optimized_graph_cache(str(tmp_path), concrete):
+    with pytest.raises(RuntimeError), optimized_graph_cache(str(tmp_path), digest):
         raise RuntimeError("the first call failed")
     assert TF_CACHE_VARIABLE not in os.environ
 

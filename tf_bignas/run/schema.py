@@ -255,9 +255,11 @@ _RUNTIME = (
          "CPU-only hosts: skip the Grappler passes that leave the step's graph as it was "
          "(train.step.skip_idle_graph_passes); a shorter first step.", resume=True),
     _opt("runtime.graph_cache_dir", "workdir", _TEXT,
-         "Where the training step's optimised graph is kept for the next process with the same "
-         "step (a resume, another seed of a sweep): its first call then skips graph "
-         "optimisation (tf_bignas.train.graph_cache; keyed by the graph's content). 'workdir' = "
+         "Where the training step's trace and optimised graph are kept for the next process "
+         "with the same step (a resume, another seed of a sweep): it then loads the trace "
+         "instead of tracing (tf_bignas.train.trace_cache; keyed by the code, settings and "
+         "variables it is built from; one device, no XLA) and skips graph optimisation "
+         "(tf_bignas.train.graph_cache; keyed by the graph's content). 'workdir' = "
          "<workdir>/graph_cache; a path = that directory (share it across the runs of a sweep); "
          "'' = no cache. Not used on TPUs.", resume=True),
     _opt("runtime.steps_per_loop", 1, _int(1, "steps per compiled call"),

@@ -11,8 +11,9 @@ A training run (`tf_bignas.train.loop.train`) writes into its workdir:
 - ``model.json``: the supernet's constructor arguments, the space as data
   (resolution overrides included) and the number of classes;
 - ``checkpoints/``: resumable training state;
-- ``graph_cache/``: the training step's optimised graph, read by a resume
-  (`tf_bignas.train.graph_cache`; `runtime.graph_cache_dir`); safe to delete;
+- ``graph_cache/``: the training step's trace (``traces/``) and optimised
+  graph, read by a resume (`tf_bignas.train.trace_cache`,
+  `tf_bignas.train.graph_cache`; `runtime.graph_cache_dir`); safe to delete;
 - at the end, ``supernet.weights.h5`` (final weights; the EMA weights when EMA
   is on), ``bn_stats.npz`` (calibrated BN statistics per child) and
   ``results.json``.

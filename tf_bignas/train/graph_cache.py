@@ -14,18 +14,23 @@ other's graph back, and train the wrong network without a word.
 
 So this module keys the directory itself by a fingerprint of everything the
 optimised graph depends on (`graph_fingerprint`): the traced graph with its
-whole function library (every op, name, shape and constant), TensorFlow's
-version and build, the Grappler options in force, the logical devices, the
-GPUs' names and compute capabilities, the CPU's model and instruction set (oneDNN's rewrites depend on it), whether op
-determinism is on, and the environment switches that change TensorFlow's
-graph rewrites. A step that differs in any of them gets its own directory;
-values that enter the step as tensors (the seed, the learning rate, the
-distillation weights: `SandwichStep`'s knobs) are not part of the graph, so
-runs that differ only in them share one entry. Names inside a traced graph
-come from process-wide counters: a process that builds other graphs before it
-traces the step (restoring a checkpoint does) traces the same step under
-other names and misses the entry, so the training run traces its step first
-(`SandwichStep.trace`), and a resume finds what its first part wrote.
+whole function library, every op, name, shape and constant (its digest,
+`traced_graph_digest`, which `tf_bignas.train.trace_cache` stores with a
+trace, so a process that loads the trace needs no graph to find its entry),
+TensorFlow's version and build, the Grappler options in force, the logical
+devices, the GPUs' names and compute capabilities, the CPU's model and
+instruction set (oneDNN's rewrites depend on it), whether op determinism is
+on, and the environment switches that change TensorFlow's graph rewrites. A
+step that differs in any of them gets its own directory; values that enter
+the step as tensors (the seed, the learning rate, the distillation weights:
+`SandwichStep`'s knobs) are not part of the graph, so runs that differ only
+in them share one entry. Names inside a traced graph come from process-wide
+counters: a process that builds other graphs before it traces the step
+(restoring a checkpoint does) traces the same step under other names and
+misses the entry, so the training run traces its step first
+(`SandwichStep.trace`), and a resume finds what its first part wrote. With
+the trace cache the names are those of the stored trace, renamed with its
+key, in every process that loads it.
 
 TensorFlow writes each file through a temporary name and a rename, but reads
 a damaged file without noticing (a truncated one parses as an empty graph and
@@ -77,7 +82,7 @@ def _cpu_identity() -> str:
         return f"{platform.machine()} {platform.processor()}"
 
 
-def _op_determinism() -> str:
+def op_determinism() -> str:
     """Whether `tf.config.experimental.enable_op_determinism` is on (no public reader)."""
     from tensorflow.python.framework import config as tf_config  # noqa: PLC0415
 
@@ -85,24 +90,37 @@ def _op_determinism() -> str:
     return "unknown" if reader is None else str(reader())
 
 
-def graph_fingerprint(concrete: tf.types.experimental.ConcreteFunction) -> str:
-    """A hex digest of everything a function's optimised graph depends on in this process.
+def traced_graph_digest(concrete: tf.types.experimental.ConcreteFunction) -> str:
+    """A hex digest of a traced function's graph with its whole function library.
 
     Args:
         concrete: A traced function (`tf.function(...).get_concrete_function(...)`).
 
     Returns:
+        64 hex characters (stored with a trace by `tf_bignas.train.trace_cache`,
+        so a process that loads the trace needs no graph to compute it).
+    """
+    graph = concrete.graph.as_graph_def(add_shapes=True)
+    return hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def graph_fingerprint(traced_digest: str) -> str:
+    """A hex digest of everything a function's optimised graph depends on in this process.
+
+    Args:
+        traced_digest: The traced graph's digest (`traced_graph_digest`).
+
+    Returns:
         A 32-character hex digest; equal digests mean the same optimised graph.
     """
-    h = hashlib.sha256()
-    h.update(concrete.graph.as_graph_def(add_shapes=True).SerializeToString(deterministic=True))
+    h = hashlib.sha256(traced_digest.encode())
     build = tf.sysconfig.get_build_info()
     gpus = tf.config.list_physical_devices("GPU")
     context = [
         f"tf={tf.__version__} git={tf.__git_version__} build={sorted(build.items())}",
         f"grappler={sorted(tf.config.optimizer.get_experimental_options().items())}",
         f"jit={tf.config.optimizer.get_jit()}",
-        f"deterministic={_op_determinism()}",
+        f"deterministic={op_determinism()}",
         f"devices={[d.name for d in tf.config.list_logical_devices()]}",
         f"gpus={[tf.config.experimental.get_device_details(g) for g in gpus]}",
         f"cpu={_cpu_identity()}",
@@ -127,7 +145,7 @@ def _checked_entries(entry: str) -> list[str]:
         The names of the files removed (each is optimised and written again).
     """
     removed = []
-    for name in sorted(os.listdir(entry)):
+    for name in sorted(os.listdir(entry)) if os.path.isdir(entry) else []:
         path = os.path.join(entry, name)
         if name.endswith(CHECKSUM_SUFFIX) or not os.path.isfile(path):
             continue
@@ -146,7 +164,7 @@ def _checked_entries(entry: str) -> list[str]:
 
 def _vouch(entry: str) -> None:
     """Writes the checksum of every graph file of the entry that has none yet."""
-    for name in os.listdir(entry):
+    for name in os.listdir(entry) if os.path.isdir(entry) else []:
         path = os.path.join(entry, name)
         if name.endswith(CHECKSUM_SUFFIX) or os.path.exists(path + CHECKSUM_SUFFIX):
             continue
@@ -154,12 +172,10 @@ def _vouch(entry: str) -> None:
 
 
 @contextlib.contextmanager
-def optimized_graph_cache(
-    root: str, concrete: tf.types.experimental.ConcreteFunction
-) -> Iterator[str]:
-    """Lets the first call of `concrete` inside the block read or write its optimised graph.
+def optimized_graph_cache(root: str, traced_digest: str) -> Iterator[str]:
+    """Lets the first call of a function inside the block read or write its optimised graph.
 
-    The cache entry is `<root>/<graph_fingerprint(concrete)>`. A graph file
+    The cache entry is `<root>/<graph_fingerprint(traced_digest)>`. A graph file
     whose checksum is missing or wrong is removed first (and reported in the
     log), so TensorFlow optimises the graph and writes it again; a file
     TensorFlow writes in the block gets its checksum when the block ends
@@ -171,20 +187,25 @@ def optimized_graph_cache(
 
     Args:
         root: The cache's root directory (created if missing).
-        concrete: The traced function about to be called for the first time.
+        traced_digest: The digest (`traced_graph_digest`) of the traced
+            function about to be called for the first time.
 
     Yields:
-        The entry's directory.
+        The entry's directory (TensorFlow creates it when it writes a graph).
 
     Raises:
         OSError: If the directory cannot be created (names the path).
     """
-    entry = os.path.join(root, graph_fingerprint(concrete))
+    entry = os.path.join(root, graph_fingerprint(traced_digest))
     try:
-        os.makedirs(entry, exist_ok=True)
+        # The root only: TensorFlow creates the entry when it writes a graph
+        # (not for one optimised in under 3 s), so no empty entries pile up.
+        os.makedirs(root, exist_ok=True)
+        if not os.access(root, os.W_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as e:
         raise OSError(
-            f"cannot create the graph cache directory {entry!r} ({e.strerror}); "
+            f"cannot create the graph cache directory {root!r} ({e.strerror}); "
             "set runtime.graph_cache_dir to a writable directory, or '' for no cache"
         ) from e
     for name in _checked_entries(entry):

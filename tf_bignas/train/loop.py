@@ -283,7 +283,7 @@ class _Run:
         self.iterator = iter(self.strategy.distribute_datasets_from_function(self.train_input))
         # Before the restore, which builds graphs of its own: the same trace,
         # names included, in a fresh run and in its resume (the graph cache's key).
-        self.step_fn.trace(self.iterator)
+        log(f"training step: {self.step_fn.trace(self.iterator)}")
         self.out_dir = workdir if role.is_chief else scratch
         self.manager = self._restore()
         self.writer = tf.summary.create_file_writer(os.path.join(self.out_dir, "tensorboard"))

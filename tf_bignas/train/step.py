@@ -57,7 +57,8 @@ import tensorflow as tf
 from tf_bignas.data.device import network_images
 from tf_bignas.model.supernet import Supernet
 from tf_bignas.space import ArchConfig
-from tf_bignas.train.graph_cache import optimized_graph_cache
+from tf_bignas.train import trace_cache
+from tf_bignas.train.graph_cache import optimized_graph_cache, traced_graph_digest
 from tf_bignas.train.sampler import ChildSampler
 
 
@@ -181,10 +182,12 @@ class SandwichStep:
             the child pass per child, instead of one loop body (the structure
             before the loop: a longer first call; kept for benchmarks). Always
             on for synchronized BN across replicas.
-        graph_cache_dir: A directory where the step's optimised graph is kept
-            across processes (`tf_bignas.train.graph_cache`, keyed by the
-            graph's content): a later process with the same step skips graph
-            optimisation in its first call. None or "" for no cache.
+        graph_cache_dir: A directory where the step's trace and optimised
+            graph are kept across processes (`tf_bignas.train.trace_cache`,
+            keyed by what the trace is built from; `tf_bignas.train.graph_cache`,
+            keyed by the graph's content): a later process with the same step
+            loads the trace instead of tracing (one device, no XLA) and skips
+            graph optimisation in its first call. None or "" for no cache.
 
     Raises:
         ValueError: If `jit_compile` is asked for a slice-mode supernet.
@@ -234,6 +237,15 @@ class SandwichStep:
         # call would make tf.function trace the step twice.
         with self.strategy.scope():
             optimizer.build(net.trainable_variables)
+        # The trace cache (with the graph cache): one device, no XLA. The
+        # variables a stored trace may capture, in a fixed order.
+        self._trace_cached = (
+            self.graph_cache_dir is not None
+            and self.strategy.num_replicas_in_sync == 1
+            and not jit_compile
+        )
+        self._variables = list(net.variables) + list(optimizer.variables)
+        self._stored_loops: dict[object, trace_cache.StoredStep | None] = {}
 
     @property
     def tracing_count(self) -> int:
@@ -320,12 +332,15 @@ class SandwichStep:
         """
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        losses, bad_step, bad_losses = self._call(
-            self._loop_fn, *self._loop_args(iterator, step, num_steps)
-        )
+        args = self._loop_args(iterator, step, num_steps)
+        stored = self._stored_loop(args)
+        if stored is None:
+            losses, bad_step, bad_losses = self._call(self._loop_fn, *args)
+        else:
+            losses, bad_step, bad_losses = self._call_stored(*stored)
         return LoopOutput(losses, bad_step, bad_losses)
 
-    def trace(self, iterator: object) -> None:
+    def trace(self, iterator: object) -> str:
         """Traces `run` now, for batches from `iterator` (its later calls reuse the trace).
 
         Graph names come from process-wide counters, so a trace taken before
@@ -333,10 +348,115 @@ class SandwichStep:
         graph, names included, in a fresh run and in its resume: the graph
         cache (`graph_cache_dir`) then serves the resume.
 
+        With a graph cache, a trace stored by an earlier process with the
+        same key is loaded instead (`tf_bignas.train.trace_cache`), and a new
+        trace is stored.
+
         Args:
             iterator: The iterator that `run` will read.
+
+        Returns:
+            What was done, for the run's log: "traced", "traced and stored in
+            the trace cache" or "trace loaded from the trace cache".
         """
-        self._loop_fn.get_concrete_function(*self._loop_args(iterator, 0, 1))
+        args = self._loop_args(iterator, 0, 1)
+        traces = self.loop_tracing_count
+        stored = self._stored_loop(args)
+        if stored is None:
+            self._loop_fn.get_concrete_function(*args)
+            return "traced"
+        if self.loop_tracing_count > traces:
+            return "traced and stored in the trace cache"
+        return "trace loaded from the trace cache"
+
+    def _stored_loop(self, args: tuple) -> tuple[trace_cache.StoredStep, list[tf.Tensor]] | None:
+        """The K-step function from the trace cache for these arguments, with its flat inputs.
+
+        Loads the trace an earlier process stored under the step's key, or
+        traces and stores it; once per argument signature in a process.
+
+        Args:
+            args: The K-step function's arguments (`_loop_args`).
+
+        Returns:
+            (stored function, flat inputs), or None when the trace cache is
+            off or cannot hold this step (then `_loop_fn` runs).
+        """
+        if not self._trace_cached:
+            return None
+        constants, flat = trace_cache.split_arguments(args)
+        # An iterator enters as a resource handle whatever it yields: its spec too.
+        signature = (
+            repr(constants),
+            tuple((t.dtype, tuple(t.shape)) for t in flat),
+            repr(getattr(args[0], "element_spec", None)),
+        )
+        if signature not in self._stored_loops:
+            key = trace_cache.TraceKey.of(
+                self._trace_settings(args[0]),
+                (self.net, self.optimizer, self),
+                self._variables,
+                constants,
+                flat,
+            )
+            stored = trace_cache.load(self.graph_cache_dir, key)
+            if stored is None:
+                concrete = self._loop_fn.get_concrete_function(*args)
+                stored = trace_cache.store(
+                    self.graph_cache_dir,
+                    key,
+                    concrete,
+                    flat,
+                    self._variables,
+                    traced_graph_digest(concrete),
+                )
+            self._stored_loops[signature] = stored
+        stored = self._stored_loops[signature]
+        return None if stored is None else (stored, flat)
+
+    def _trace_settings(self, iterator: object) -> list[str]:
+        """What the K-step function's trace is built from, besides code, variables and inputs.
+
+        Not the options: they enter as the knobs' tensors and constants (the
+        inputs), and `num_random` as the number of children; so the runs of
+        a sweep over seeds or distillation weights share one trace.
+
+        Args:
+            iterator: The iterator the step reads.
+
+        Returns:
+            Lines of text for the key (`trace_cache.TraceKey`).
+        """
+        net, strategy = self.net, self.strategy
+        try:
+            devices = strategy.extended.worker_devices
+        except RuntimeError:  # the default strategy has none
+            devices = None
+        return [
+            f"step={type(self).__qualname__} batch={self.global_batch_size} "
+            f"resolutions={self.resolutions} unrolled={self.unrolled} "
+            f"children={self.sampler.num_children}",
+            f"strategy={type(strategy).__qualname__} devices={devices!r}",
+            f"net={type(net).__qualname__} {net.space!r} classes={net.num_classes} "
+            f"mode={net.mode} zero_init={net.zero_init_last_bn} "
+            f"shortcuts={net.stage_shortcuts} sync_bn={net.synchronized_bn} "
+            f"dropout={net.dropout_rate} eps={net.bn_epsilon} "
+            f"shared_blocks={net.share_block_traces}",
+            f"optimizer={type(self.optimizer).__qualname__} "
+            f"{sorted(self.optimizer.get_config().items())!r}",
+            f"iterator={getattr(iterator, 'element_spec', None)!r}",
+        ]
+
+    def _call_stored(
+        self, stored: trace_cache.StoredStep, flat: list[tf.Tensor]
+    ) -> list[tf.Tensor]:
+        """Calls a stored function; its first call goes through the graph cache."""
+        if stored.name in self._instantiated:
+            return stored(flat, self._variables)
+        with optimized_graph_cache(self.graph_cache_dir, stored.graph_digest):
+            out = stored(flat, self._variables)
+        self._instantiated.add(stored.name)
+        return out
 
     def _loop_args(self, iterator: object, step: int, num_steps: int) -> tuple:
         """The arguments of the K-step function: `run` calls it with them, `trace` traces it."""
@@ -356,7 +476,8 @@ class SandwichStep:
         """
         if self.graph_cache_dir is None or fn.__name__ in self._instantiated:
             return fn(*args)
-        with optimized_graph_cache(self.graph_cache_dir, fn.get_concrete_function(*args)):
+        digest = traced_graph_digest(fn.get_concrete_function(*args))
+        with optimized_graph_cache(self.graph_cache_dir, digest):
             out = fn(*args)
         self._instantiated.add(fn.__name__)
         return out
