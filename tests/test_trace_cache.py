@@ -190,3 +190,17 @@ def test_an_unwritable_cache_is_named(tmp_path):
     key = trace_cache.TraceKey.of(["u"], (), [v], [], [x])
     with pytest.raises(OSError, match="runtime.graph_cache_dir"):
         trace_cache.store(str(blocker / "cache"), key, concrete, [x], [v], "d")
+
+
+def test_the_sources_are_named_not_located(tmp_path):
+    # The same code in two checkouts gives one key; other code another.
+    for root in ("a", "b"):
+        (tmp_path / root).mkdir()
+        (tmp_path / root / "m.py").write_text("x = 1\n")
+    digest = trace_cache._source_digest
+    a = digest({"m.py": str(tmp_path / "a" / "m.py")})
+    assert a == digest({"m.py": str(tmp_path / "b" / "m.py")})
+    (tmp_path / "b" / "m.py").write_text("x = 2\n")
+    assert a != digest({"m.py": str(tmp_path / "b" / "m.py")})
+    names = trace_cache._sources([])
+    assert "train/trace_cache.py" in names and not any(os.path.isabs(n) for n in names)

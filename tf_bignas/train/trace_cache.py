@@ -97,30 +97,35 @@ def split_arguments(args: Sequence[object]) -> tuple[list[object], list[tf.Tenso
     return constants, flat
 
 
-def _source_digest(files: Sequence[str]) -> str:
+def _source_digest(files: dict[str, str]) -> str:
+    """A digest of source files, each under its name (not its path: a moved checkout hits)."""
     h = hashlib.sha256()
-    for path in sorted(set(files)):
-        h.update(path.encode())
-        with open(path, "rb") as f:
+    for name in sorted(files):
+        h.update(name.encode())
+        with open(files[name], "rb") as f:
             h.update(f.read())
     return h.hexdigest()
 
 
-def _sources(objects: Sequence[object]) -> list[str]:
-    """Every .py file of the tf_bignas package and the modules that define `objects`' classes."""
+def _sources(objects: Sequence[object]) -> dict[str, str]:
+    """Every .py file of the tf_bignas package and the modules that define `objects`' classes.
+
+    Returns:
+        Name (a path inside the package, or a module's name) -> file path.
+    """
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    files = [
-        os.path.join(d, name)
+    files = {
+        os.path.relpath(os.path.join(d, name), package): os.path.join(d, name)
         for d, _, names in os.walk(package)
         for name in names
         if name.endswith(".py")
-    ]
+    }
     for obj in objects:
         for cls in type(obj).__mro__:
             module = sys.modules.get(cls.__module__)
             path = getattr(module, "__file__", None)
             if path and path.endswith(".py") and not path.startswith(os.path.dirname(tf.__file__)):
-                files.append(os.path.abspath(path))
+                files[cls.__module__] = path
     return files
 
 
