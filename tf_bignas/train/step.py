@@ -245,7 +245,8 @@ class SandwichStep:
             and not jit_compile
         )
         self._variables = list(net.variables) + list(optimizer.variables)
-        self._stored_loops: dict[object, trace_cache.StoredStep | None] = {}
+        # Per argument signature: the stored step and its captured handles, or None.
+        self._stored_loops: dict[object, tuple[trace_cache.StoredStep, list] | None] = {}
 
     @property
     def tracing_count(self) -> int:
@@ -369,8 +370,10 @@ class SandwichStep:
             return "traced and stored in the trace cache"
         return "trace loaded from the trace cache"
 
-    def _stored_loop(self, args: tuple) -> tuple[trace_cache.StoredStep, list[tf.Tensor]] | None:
-        """The K-step function from the trace cache for these arguments, with its flat inputs.
+    def _stored_loop(
+        self, args: tuple
+    ) -> tuple[trace_cache.StoredStep, list[tf.Tensor], list[tf.Tensor]] | None:
+        """The K-step function from the trace cache for these arguments, with its inputs.
 
         Loads the trace an earlier process stored under the step's key, or
         traces and stores it; once per argument signature in a process.
@@ -379,8 +382,9 @@ class SandwichStep:
             args: The K-step function's arguments (`_loop_args`).
 
         Returns:
-            (stored function, flat inputs), or None when the trace cache is
-            off or cannot hold this step (then `_loop_fn` runs).
+            (stored function, flat inputs, its captured variables' handles),
+            or None when the trace cache is off or cannot hold this step
+            (then `_loop_fn` runs).
         """
         if not self._trace_cached:
             return None
@@ -410,9 +414,11 @@ class SandwichStep:
                     self._variables,
                     traced_graph_digest(concrete),
                 )
-            self._stored_loops[signature] = stored
+            self._stored_loops[signature] = (
+                None if stored is None else (stored, stored.captured_inputs(self._variables))
+            )
         stored = self._stored_loops[signature]
-        return None if stored is None else (stored, flat)
+        return None if stored is None else (stored[0], flat, stored[1])
 
     def _trace_settings(self, iterator: object) -> list[str]:
         """What the K-step function's trace is built from, besides code, variables and inputs.
@@ -448,13 +454,13 @@ class SandwichStep:
         ]
 
     def _call_stored(
-        self, stored: trace_cache.StoredStep, flat: list[tf.Tensor]
+        self, stored: trace_cache.StoredStep, flat: list[tf.Tensor], captured: list[tf.Tensor]
     ) -> list[tf.Tensor]:
         """Calls a stored function; its first call goes through the graph cache."""
         if stored.name in self._instantiated:
-            return stored(flat, self._variables)
+            return stored(flat, captured)
         with optimized_graph_cache(self.graph_cache_dir, stored.graph_digest):
-            out = stored(flat, self._variables)
+            out = stored(flat, captured)
         self._instantiated.add(stored.name)
         return out
 

@@ -243,17 +243,28 @@ class StoredStep:
     captures: tuple[int, ...]
     graph_digest: str
 
-    def __call__(self, flat: Sequence[tf.Tensor], variables: Sequence[Any]) -> list[tf.Tensor]:
-        """Runs the function on flat inputs, with `variables` where the trace captured them.
+    def captured_inputs(self, variables: Sequence[Any]) -> list[tf.Tensor]:
+        """The handles of `variables` that go where the trace captured them (once per process).
+
+        Args:
+            variables: The variables the key was built with, in the same order.
+
+        Returns:
+            The handles, in the trace's order of captures.
+        """
+        return [_handle(variables[i]) for i in self.captures]
+
+    def __call__(self, flat: Sequence[tf.Tensor], captured: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """Runs the function on flat inputs and the captured variables' handles.
 
         Args:
             flat: The flat tensor inputs (`split_arguments`).
-            variables: The variables the key was built with, in the same order.
+            captured: `captured_inputs(variables)`.
 
         Returns:
             The flat outputs.
         """
-        inputs = list(flat) + [_handle(variables[i]) for i in self.captures]
+        inputs = [*flat, *captured]
         return context.context().call_function(self.name.encode(), inputs, self.num_outputs)
 
 
