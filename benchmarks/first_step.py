@@ -55,8 +55,8 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Later steps timed (median).")
 _LEAN = flags.DEFINE_bool(
     "lean_grappler",
     True,
-    "Skip the Grappler passes that change nothing on a CPU host, as training does "
-    "(runtime.lean_grappler).",
+    "Skip the Grappler passes that change nothing on a CPU host and optimise the step "
+    "in one round, as training does (runtime.lean_grappler).",
 )
 _CHILD = flags.DEFINE_string("child", "", "Internal: measure this variant in this process.")
 
@@ -132,6 +132,7 @@ def _measure(variant: str) -> dict[str, float]:
         bs,
         jit_compile=_MODE.value == "mask",
         unroll_children=variant == "unrolled",
+        lean_grappler=_LEAN.value,
     )
     rng = np.random.default_rng(0)
     batch = {

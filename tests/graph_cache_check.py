@@ -8,7 +8,11 @@ graph cache's entries, the stored traces and how often the step was traced
 TF_CPP_VMODULE=optimize_function_graph_utils=3) says whether the optimised graph
 was written, read back or re-optimised.
 
-    python tests/graph_cache_check.py CACHE_DIR NUM_CLASSES
+    python tests/graph_cache_check.py CACHE_DIR NUM_CLASSES [GRAPPLER]
+
+GRAPPLER: "one_round" (the default; training's `runtime.lean_grappler`: the
+step's graph optimised in one round, `ONE_ROUND_GRAPH_PASSES`) or "default"
+(TensorFlow's own two rounds).
 """
 
 from __future__ import annotations
@@ -35,13 +39,22 @@ RESOLUTION = 32
 
 def main() -> None:
     cache, num_classes = sys.argv[1], int(sys.argv[2])
+    grappler = sys.argv[3] if len(sys.argv) > 3 else "one_round"
+    assert grappler in ("one_round", "default"), grappler
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     space = get_space("bignas_mobilenetv2").with_resolutions([RESOLUTION])
     keras.utils.set_random_seed(0)
     net = Supernet(space, num_classes)
     opt = RMSpropTF(learning_rate=0.01, rho=0.9, momentum=0.9, epsilon=1e-3)
-    step = SandwichStep(net, opt, SandwichOptions(), BATCH, graph_cache_dir=cache)
+    step = SandwichStep(
+        net,
+        opt,
+        SandwichOptions(),
+        BATCH,
+        graph_cache_dir=cache,
+        lean_grappler=grappler == "one_round",
+    )
     train = build_train_dataset(
         "embedded", "train", (RESOLUTION,), BATCH, augment="none", seed=1
     ).map(lambda b: {**b, "label": b["label"] % num_classes})

@@ -14,9 +14,12 @@ from tf_bignas.model import Supernet
 from tf_bignas.space import get_space
 from tf_bignas.train.step import (
     IDLE_CPU_GRAPH_PASSES,
+    ONE_ROUND_GRAPH_PASSES,
     ChildSampler,
     SandwichOptions,
     SandwichStep,
+    function_call_options,
+    one_round_call_options,
     sample_children,
     skip_idle_graph_passes,
 )
@@ -79,11 +82,11 @@ def test_in_graph_draw_equals_the_decoded_children_and_covers_every_choice(space
     assert sampler.sample(7, 5) != sampler.sample(8, 5)
 
 
-def _train(space, batches, per_call, steps=8):
+def _train(space, batches, per_call, steps=8, lean_grappler=False):
     keras.utils.set_random_seed(0)
     net = Supernet(space, num_classes=10, dropout_rate=0.5)
     opt = keras.optimizers.RMSprop(1e-3, momentum=0.9)
-    step_fn = SandwichStep(net, opt, SandwichOptions(seed=4), BATCH)
+    step_fn = SandwichStep(net, opt, SandwichOptions(seed=4), BATCH, lean_grappler=lean_grappler)
     iterator = iter(_dataset(batches))
     losses = []
     for start in range(0, steps, per_call):
@@ -108,7 +111,7 @@ def test_one_step_per_call_and_four_steps_per_call_train_the_same_weights(space,
 
 
 def test_skipping_the_idle_graph_passes_trains_the_same_weights(space, batches):
-    """The Grappler passes turned off on CPU hosts change nothing in the step."""
+    """The lean Grappler of CPU hosts (idle passes off, one round) changes nothing in the step."""
     saved = tf.config.optimizer.get_experimental_options()
     try:
         tf.config.optimizer.set_experimental_options({p: None for p in IDLE_CPU_GRAPH_PASSES})
@@ -116,7 +119,7 @@ def test_skipping_the_idle_graph_passes_trains_the_same_weights(space, batches):
         assert skip_idle_graph_passes()  # no GPU on the machines that run the suite
         options = tf.config.optimizer.get_experimental_options()
         assert all(options[p] is False for p in IDLE_CPU_GRAPH_PASSES)
-        lean, losses_lean = _train(space, batches, 2, steps=4)
+        lean, losses_lean = _train(space, batches, 2, steps=4, lean_grappler=True)
     finally:
         tf.config.optimizer.set_experimental_options(
             {p: saved.get(p) for p in IDLE_CPU_GRAPH_PASSES}
@@ -124,6 +127,32 @@ def test_skipping_the_idle_graph_passes_trains_the_same_weights(space, batches):
     for a, b in zip(full, lean):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(np.concatenate(losses_full), np.concatenate(losses_lean))
+
+
+def test_one_round_options_reach_the_calls_in_their_block_only():
+    """The step's list of passes travels with its calls, and is in the graph cache's key."""
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.eager import context as tf_context
+
+    from tf_bignas.train.graph_cache import graph_fingerprint
+
+    def rewrites():
+        options = tf_context.context().function_call_options
+        config = config_pb2.ConfigProto.FromString(options.config_proto_serialized)
+        return config.graph_options.rewrite_options, config.allow_soft_placement
+
+    before, soft = rewrites()
+    assert not before.optimizers  # TensorFlow's default list, two rounds
+    outside = graph_fingerprint("0" * 64)
+    with function_call_options(one_round_call_options()):
+        inside, soft_inside = rewrites()
+        assert tuple(inside.optimizers) == ONE_ROUND_GRAPH_PASSES
+        assert inside.meta_optimizer_iterations == rewriter_config_pb2.RewriterConfig.ONE
+        assert soft_inside == soft  # the rest of the thread's options kept
+        assert graph_fingerprint("0" * 64) != outside
+    assert rewrites()[0] == before and graph_fingerprint("0" * 64) == outside
+    with function_call_options(None):
+        assert rewrites()[0] == before
 
 
 def test_run_equals_calls_on_the_children_it_draws(space, batches):

@@ -253,7 +253,9 @@ _RUNTIME = (
          "Intra/inter-op threads; 0 = TensorFlow's default.", resume=True),
     _opt("runtime.lean_grappler", True, _BOOL,
          "CPU-only hosts: skip the Grappler passes that leave the step's graph as it was "
-         "(train.step.skip_idle_graph_passes); a shorter first step.", resume=True),
+         "(train.step.skip_idle_graph_passes) and optimise the step in one round "
+         "(train.step.ONE_ROUND_GRAPH_PASSES): the same graph, a shorter first step.",
+         resume=True),
     _opt("runtime.graph_cache_dir", "workdir", _TEXT,
          "Where the training step's trace and optimised graph are kept for the next process "
          "with the same step (a resume, another seed of a sweep): it then loads the trace "

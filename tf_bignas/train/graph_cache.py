@@ -17,7 +17,8 @@ optimised graph depends on (`graph_fingerprint`): the traced graph with its
 whole function library, every op, name, shape and constant (its digest,
 `traced_graph_digest`, which `tf_bignas.train.trace_cache` stores with a
 trace, so a process that loads the trace needs no graph to find its entry),
-TensorFlow's version and build, the Grappler options in force, the logical
+TensorFlow's version and build, the Grappler options in force (the process's
+and those the call carries: the step's own list of passes), the logical
 devices, the GPUs' names and compute capabilities, the CPU's model and
 instruction set (oneDNN's rewrites depend on it), whether op determinism is
 on, and the environment switches that change TensorFlow's graph rewrites. A
@@ -53,6 +54,9 @@ import platform
 from collections.abc import Iterator
 
 import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.eager import context as tf_context
 
 from tf_bignas.common.files import atomic_write_bytes, sha256_path
 
@@ -119,6 +123,7 @@ def graph_fingerprint(traced_digest: str) -> str:
     context = [
         f"tf={tf.__version__} git={tf.__git_version__} build={sorted(build.items())}",
         f"grappler={sorted(tf.config.optimizer.get_experimental_options().items())}",
+        f"call_rewrites={_call_rewrites()}",
         f"jit={tf.config.optimizer.get_jit()}",
         f"deterministic={op_determinism()}",
         f"devices={[d.name for d in tf.config.list_logical_devices()]}",
@@ -128,6 +133,18 @@ def graph_fingerprint(traced_digest: str) -> str:
     ]
     h.update("\n".join(context).encode())
     return h.hexdigest()[:32]
+
+
+def _call_rewrites() -> str:
+    """The Grappler settings that this thread's function calls carry (text of the proto).
+
+    A step may call its function with its own list of passes
+    (`tf_bignas.train.step.function_call_options`); the fingerprint is taken
+    under them.
+    """
+    options = tf_context.context().function_call_options
+    config = config_pb2.ConfigProto.FromString(options.config_proto_serialized)
+    return text_format.MessageToString(config.graph_options.rewrite_options, as_one_line=True)
 
 
 def _checked_entries(entry: str) -> list[str]:

@@ -276,6 +276,7 @@ class _Run:
                 self.net, self.optimizer, _sandwich_options(config, self.total_steps),
                 self.batch, self.strategy, jit_compile=rt.jit_compile,
                 graph_cache_dir=_graph_cache_dir(rt, workdir, role, scratch),
+                lean_grappler=rt.lean_grappler,
             )  # fmt: skip
             self.sampler_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
         if role.is_chief:

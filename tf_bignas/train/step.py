@@ -47,12 +47,15 @@ sums the gradients across replicas: scaled exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+from tensorflow.python.eager import context as tf_context
 
 from tf_bignas.data.device import network_images
 from tf_bignas.model.supernet import Supernet
@@ -140,6 +143,76 @@ def skip_idle_graph_passes() -> bool:
     return True
 
 
+# Grappler's passes over the step's graph in ONE round, in an order that
+# reaches what TensorFlow's default (its list of passes run twice, then the
+# memory optimiser) reaches. On the default space at 64 px the default's second
+# round did two things: its common-subgraph pass merged the 358 duplicates that
+# the dependency optimiser leaves (constants, Merge nodes), and its remapper
+# fused the 51 forward swishes (Sigmoid + Mul -> _MklSwish), which it finds
+# only once the dependency optimiser has removed the Identity nodes between
+# them; the memory optimiser changed nothing. In this order one round gives
+# the same optimised graph (the same 16,304 nodes, op for op, up to which of
+# two equal constants is kept) and bit-identical losses, and Grappler's time in
+# the first call falls from 10.8 to 5.5 s (from its first log line to its last
+# with TF_CPP_VMODULE=meta_optimizer=1; `benchmarks/README.md`, "One round of
+# Grappler").
+ONE_ROUND_GRAPH_PASSES = (
+    "pruning",
+    "common_subgraph_elimination",
+    "constfold",
+    "arithmetic",
+    "dependency",
+    "common_subgraph_elimination",
+    "remap",
+    "pruning",
+)
+
+
+def one_round_call_options() -> tf_context.FunctionCallOptions | None:
+    """Function-call options that optimise a function with `ONE_ROUND_GRAPH_PASSES`.
+
+    The options are this thread's current ones (threads, devices, the
+    process's Grappler switches) with the list of passes replaced. TensorFlow
+    reads them from each function call, so they apply to the calls made under
+    them, not to the process.
+
+    Returns:
+        The options, or None when a GPU is visible (its layout optimiser and
+        the default rounds matter there).
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return None
+    current = tf_context.context().function_call_options
+    config = config_pb2.ConfigProto.FromString(current.config_proto_serialized)
+    rewrites = config.graph_options.rewrite_options
+    rewrites.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
+    del rewrites.optimizers[:]
+    rewrites.optimizers.extend(ONE_ROUND_GRAPH_PASSES)
+    return tf_context.FunctionCallOptions(executor_type=current.executor_type, config_proto=config)
+
+
+@contextlib.contextmanager
+def function_call_options(options: tf_context.FunctionCallOptions | None) -> Iterator[None]:
+    """Makes the function calls of this thread in the block use `options` (None: as they are).
+
+    Args:
+        options: From `one_round_call_options`, or None.
+
+    Yields:
+        Nothing; the thread's previous options are back after the block.
+    """
+    if options is None:
+        yield
+        return
+    ctx = tf_context.context()
+    before = ctx.function_call_options
+    ctx.function_call_options = options
+    try:
+        yield
+    finally:
+        ctx.function_call_options = before
+
+
 def is_decayed(variable: keras.Variable) -> bool:
     """Whether weight decay applies to a variable (conv, depthwise and dense kernels)."""
     name = variable.path.rsplit("/", 1)[-1]
@@ -188,6 +261,10 @@ class SandwichStep:
             keyed by the graph's content): a later process with the same step
             loads the trace instead of tracing (one device, no XLA) and skips
             graph optimisation in its first call. None or "" for no cache.
+        lean_grappler: Optimise the step's graph with one round of Grappler
+            (`ONE_ROUND_GRAPH_PASSES`) instead of TensorFlow's default two: the
+            same graph in about half the time. CPU-only hosts without XLA;
+            elsewhere the default.
 
     Raises:
         ValueError: If `jit_compile` is asked for a slice-mode supernet.
@@ -203,6 +280,7 @@ class SandwichStep:
         jit_compile: bool = False,
         unroll_children: bool = False,
         graph_cache_dir: str | None = None,
+        lean_grappler: bool = False,
     ) -> None:
         if jit_compile and net.mode != "mask":
             raise ValueError("jit_compile=True needs a supernet with mode='mask' (static shapes)")
@@ -233,6 +311,10 @@ class SandwichStep:
         self._loop_fn = tf.function(self._distributed_loop, autograph=False)
         self.graph_cache_dir = graph_cache_dir or None
         self._instantiated: set[str] = set()
+        # Every call of the step uses the same options (they are part of what
+        # TensorFlow instantiates), taken at its first call.
+        self._one_round = lean_grappler and not jit_compile
+        self._call_options: tf_context.FunctionCallOptions | None = None
         # Create the optimizer's slots now: variable creation inside the first
         # call would make tf.function trace the step twice.
         with self.strategy.scope():
@@ -457,12 +539,20 @@ class SandwichStep:
         self, stored: trace_cache.StoredStep, flat: list[tf.Tensor], captured: list[tf.Tensor]
     ) -> list[tf.Tensor]:
         """Calls a stored function; its first call goes through the graph cache."""
-        if stored.name in self._instantiated:
-            return stored(flat, captured)
-        with optimized_graph_cache(self.graph_cache_dir, stored.graph_digest):
-            out = stored(flat, captured)
+        with function_call_options(self._options()):
+            if stored.name in self._instantiated:
+                return stored(flat, captured)
+            with optimized_graph_cache(self.graph_cache_dir, stored.graph_digest):
+                out = stored(flat, captured)
         self._instantiated.add(stored.name)
         return out
+
+    def _options(self) -> tf_context.FunctionCallOptions | None:
+        """The function-call options of every call of the step (None: the thread's own)."""
+        if self._one_round and self._call_options is None:
+            self._call_options = one_round_call_options()
+            self._one_round = self._call_options is not None
+        return self._call_options
 
     def _loop_args(self, iterator: object, step: int, num_steps: int) -> tuple:
         """The arguments of the K-step function: `run` calls it with them, `trace` traces it."""
@@ -480,11 +570,12 @@ class SandwichStep:
         training) optimises its graph without the cache, and no call pays for
         looking up its trace twice.
         """
-        if self.graph_cache_dir is None or fn.__name__ in self._instantiated:
-            return fn(*args)
-        digest = traced_graph_digest(fn.get_concrete_function(*args))
-        with optimized_graph_cache(self.graph_cache_dir, digest):
-            out = fn(*args)
+        with function_call_options(self._options()):
+            if self.graph_cache_dir is None or fn.__name__ in self._instantiated:
+                return fn(*args)
+            digest = traced_graph_digest(fn.get_concrete_function(*args))
+            with optimized_graph_cache(self.graph_cache_dir, digest):
+                out = fn(*args)
         self._instantiated.add(fn.__name__)
         return out
 
