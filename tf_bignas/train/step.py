@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 
 import keras
@@ -312,9 +313,8 @@ class SandwichStep:
         self.graph_cache_dir = graph_cache_dir or None
         self._instantiated: set[str] = set()
         # Every call of the step uses the same options (they are part of what
-        # TensorFlow instantiates), taken at its first call.
+        # TensorFlow instantiates), taken at its first call (`_call_options`).
         self._one_round = lean_grappler and not jit_compile
-        self._call_options: tf_context.FunctionCallOptions | None = None
         # Create the optimizer's slots now: variable creation inside the first
         # call would make tf.function trace the step twice.
         with self.strategy.scope():
@@ -539,7 +539,7 @@ class SandwichStep:
         self, stored: trace_cache.StoredStep, flat: list[tf.Tensor], captured: list[tf.Tensor]
     ) -> list[tf.Tensor]:
         """Calls a stored function; its first call goes through the graph cache."""
-        with function_call_options(self._options()):
+        with function_call_options(self._call_options):
             if stored.name in self._instantiated:
                 return stored(flat, captured)
             with optimized_graph_cache(self.graph_cache_dir, stored.graph_digest):
@@ -547,12 +547,10 @@ class SandwichStep:
         self._instantiated.add(stored.name)
         return out
 
-    def _options(self) -> tf_context.FunctionCallOptions | None:
+    @functools.cached_property
+    def _call_options(self) -> tf_context.FunctionCallOptions | None:
         """The function-call options of every call of the step (None: the thread's own)."""
-        if self._one_round and self._call_options is None:
-            self._call_options = one_round_call_options()
-            self._one_round = self._call_options is not None
-        return self._call_options
+        return one_round_call_options() if self._one_round else None
 
     def _loop_args(self, iterator: object, step: int, num_steps: int) -> tuple:
         """The arguments of the K-step function: `run` calls it with them, `trace` traces it."""
@@ -570,7 +568,7 @@ class SandwichStep:
         training) optimises its graph without the cache, and no call pays for
         looking up its trace twice.
         """
-        with function_call_options(self._options()):
+        with function_call_options(self._call_options):
             if self.graph_cache_dir is None or fn.__name__ in self._instantiated:
                 return fn(*args)
             digest = traced_graph_digest(fn.get_concrete_function(*args))
