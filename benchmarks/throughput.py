@@ -12,8 +12,12 @@ passes skipped, one round over the step's graph). It
 prints, per resolution:
 
 - to first step: wall seconds from the moment the process was started to the
-  end of the first training step (Python start, imports, supernet, tracing,
-  graph optimisation, one step), with its parts and the process's CPU seconds;
+  end of the first training step, with its parts and the process's CPU
+  seconds. As a fresh training run does (`runtime.eager_first_step`), that
+  step runs op by op (Python start, imports, supernet, one step op by op),
+  and the compiled step is traced after it: the line goes on with the time
+  to the end of the first compiled step (tracing, graph optimisation, one
+  step); `--noeager_first_step` measures the compiled step first;
 - cached: the same for a second fresh process that loads the first one's
   trace (`tf_bignas.train.trace_cache`) and reads its optimised graph
   (`tf_bignas.train.graph_cache`) from the cache (`runtime.graph_cache_dir`),
@@ -63,6 +67,12 @@ _GRAPH_CACHE = flags.DEFINE_bool(
     True,
     "Also measure a second fresh process that reads the first one's optimised graph "
     "(runtime.graph_cache_dir; a new empty cache per resolution).",
+)
+_EAGER = flags.DEFINE_bool(
+    "eager_first_step",
+    True,
+    "The first step runs op by op and the step is traced after it, as a fresh training "
+    "run does (runtime.eager_first_step); --noeager_first_step: the compiled step first.",
 )
 _CACHE_DIR = flags.DEFINE_string("cache_dir", "", "Internal: the graph cache of this process.")
 
@@ -127,19 +137,26 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     }
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     built = time.time()
+    first = first_cpu = eager_s = None
+    if _EAGER.value:
+        step.run_eagerly(iterator, 0).losses.numpy()
+        first, first_cpu = time.time(), time.process_time()
+        eager_s = first - built
+    start = time.time()
     step.trace(iterator)
     traced = time.time()
-    step.run(iterator, 0, 1).losses.numpy()
-    first = time.time()
-    first_cpu = time.process_time()
+    step.run(iterator, int(_EAGER.value), 1).losses.numpy()
+    compiled = time.time()
+    compiled_cpu = time.process_time()
     times = []
-    for i in range(1, 1 + _STEPS.value):
+    begin = 1 + int(_EAGER.value)
+    for i in range(begin, begin + _STEPS.value):
         t0 = time.perf_counter()
         step.run(iterator, i, 1).losses.numpy()
         times.append(time.perf_counter() - t0)
     macs = sum(
         cost.macs(space, child, nc)
-        for i in range(1, 1 + _STEPS.value)
+        for i in range(begin, begin + _STEPS.value)
         for child in step.sample_children(i)
     )
     gmacs = macs * 3 * bs / sum(times) / 1e9
@@ -149,10 +166,13 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
         "python_start_s": started - spawned_at,
         "import_s": imported - started,
         "build_s": built - imported,
-        "trace_s": traced - built,
-        "first_call_s": first - traced,
-        "to_first_step_s": first - spawned_at,
-        "to_first_step_cpu_s": first_cpu,
+        "eager_step_s": eager_s,
+        "trace_s": traced - start,
+        "first_call_s": compiled - traced,
+        "to_first_step_s": (first or compiled) - spawned_at,
+        "to_first_step_cpu_s": first_cpu or compiled_cpu,
+        "to_compiled_step_s": compiled - spawned_at,
+        "to_compiled_step_cpu_s": compiled_cpu,
         "step_s": float(np.mean(times)),
         "step_spread_s": float(np.max(times) - np.min(times)),
         "gmacs": gmacs,
@@ -172,13 +192,25 @@ def _report(res: int, r: dict[str, float], warm: dict[str, float] | None) -> Non
     target = f"  (target <= {TARGET_FIRST_STEP_S:.0f} s)" if res == 64 else ""
 
     def first(m: dict[str, float]) -> str:
+        start = (
+            f"python {m['python_start_s']:.1f} + imports {m['import_s']:.1f} + "
+            f"build {m['build_s']:.1f}"
+        )
+        compiled = (
+            f"{'load' if m['cached_traces_before'] else 'trace'} {m['trace_s']:.1f} + "
+            f"{'read graph' if m['cached_graphs_before'] else 'optimise'} and first compiled "
+            f"step {m['first_call_s']:.1f}"
+        )
+        if m["eager_step_s"] is None:
+            return (
+                f"{m['to_first_step_s']:6.1f} s from process start "
+                f"({m['to_first_step_cpu_s']:.1f} CPU s): {start} + {compiled}"
+            )
         return (
             f"{m['to_first_step_s']:6.1f} s from process start "
-            f"({m['to_first_step_cpu_s']:.1f} CPU s): python {m['python_start_s']:.1f} + "
-            f"imports {m['import_s']:.1f} + build {m['build_s']:.1f} + "
-            f"{'load' if m['cached_traces_before'] else 'trace'} {m['trace_s']:.1f} + "
-            f"{'read graph' if m['cached_graphs_before'] else 'optimise'} and first step "
-            f"{m['first_call_s']:.1f}"
+            f"({m['to_first_step_cpu_s']:.1f} CPU s): {start} + step op by op "
+            f"{m['eager_step_s']:.1f}; compiled step at {m['to_compiled_step_s']:.1f} s "
+            f"({m['to_compiled_step_cpu_s']:.1f} CPU s): + {compiled}"
         )
 
     lines = [f"\n{res} px", f"  to first step  {first(r)}{target}"]

@@ -82,14 +82,22 @@ def test_in_graph_draw_equals_the_decoded_children_and_covers_every_choice(space
     assert sampler.sample(7, 5) != sampler.sample(8, 5)
 
 
-def _train(space, batches, per_call, steps=8, lean_grappler=False):
+def _train(space, batches, per_call, steps=8, lean_grappler=False, eager_first=False):
     keras.utils.set_random_seed(0)
     net = Supernet(space, num_classes=10, dropout_rate=0.5)
     opt = keras.optimizers.RMSprop(1e-3, momentum=0.9)
     step_fn = SandwichStep(net, opt, SandwichOptions(seed=4), BATCH, lean_grappler=lean_grappler)
     iterator = iter(_dataset(batches))
     losses = []
-    for start in range(0, steps, per_call):
+    first = 0
+    if eager_first:
+        out = step_fn.run_eagerly(iterator, 0)
+        losses.append(out.losses.numpy())
+        assert int(out.bad_step.numpy()) == -1
+        # Nothing traced: neither the step nor the child pass.
+        assert step_fn.loop_tracing_count == 0 and step_fn.child_tracing_count == 0
+        first = 1
+    for start in range(first, steps, per_call):
         out = step_fn.run(iterator, start, per_call)
         losses.append(out.losses.numpy())
         assert int(out.bad_step.numpy()) == -1
@@ -108,6 +116,26 @@ def test_one_step_per_call_and_four_steps_per_call_train_the_same_weights(space,
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(losses_one[3], losses_four[0])
     np.testing.assert_array_equal(losses_one[7], losses_four[1])
+
+
+def test_a_first_step_run_op_by_op_trains_what_the_compiled_step_trains(space, batches):
+    """`run_eagerly` (a fresh run's first step): same batch, children and losses, no trace."""
+    compiled, losses_compiled = _train(space, batches, 1, steps=3)
+    eager, losses_eager = _train(space, batches, 1, steps=3, eager_first=True)
+    # Step 0's forward passes are the same ops on the same values: equal losses.
+    np.testing.assert_array_equal(losses_compiled[0], losses_eager[0])
+    # Its gradients add some terms in another order: equal to float rounding,
+    # and the next steps read the next batches and draw the same children.
+    for a, b in zip(losses_compiled[1:], losses_eager[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    for a, b in zip(compiled, eager):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    keras.utils.set_random_seed(0)
+    net = Supernet(space, num_classes=10, mode="mask")
+    xla = SandwichStep(net, keras.optimizers.SGD(0.1), SandwichOptions(), BATCH, jit_compile=True)
+    assert not xla.can_run_eagerly
+    with pytest.raises(ValueError, match="run_eagerly needs one replica and no XLA"):
+        xla.run_eagerly(iter(_dataset(batches)), 0)
 
 
 def test_skipping_the_idle_graph_passes_trains_the_same_weights(space, batches):

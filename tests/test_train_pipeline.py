@@ -64,6 +64,10 @@ def test_sigkill_and_restart_equals_an_uninterrupted_run(tmp_path):
     out = _run(straight, *steps)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 12/12" in out.stdout
+    # A fresh run's first step runs op by op (runtime.eager_first_step), then the trace.
+    lines = out.stdout.splitlines()
+    first = next(i for i, x in enumerate(lines) if x.startswith("first step, op by op, in "))
+    assert lines[first + 1].startswith("training step: traced")
     config = json.loads((straight / "config.json").read_text())
     assert config["train"]["batch_size"] == 16 and config["runtime"]["deterministic"] is True
     assert tf.train.latest_checkpoint(str(straight / "checkpoints")).endswith("ckpt-12")
@@ -85,6 +89,7 @@ def test_sigkill_and_restart_equals_an_uninterrupted_run(tmp_path):
     out = _run(killed, *steps)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stdout
+    assert "op by op" not in out.stdout  # a resume starts with the compiled step
     a, b = _variables(straight), _variables(killed)
     assert a.keys() == b.keys() and len(a) > 50
     for name in a:

@@ -256,6 +256,11 @@ _RUNTIME = (
          "(train.step.skip_idle_graph_passes) and optimise the step in one round "
          "(train.step.ONE_ROUND_GRAPH_PASSES): the same graph, a shorter first step.",
          resume=True),
+    _opt("runtime.eager_first_step", True, _BOOL,
+         "A fresh run's first step runs op by op (train.step.SandwichStep.run_eagerly) and "
+         "the compiled step is traced after it: the first losses come without waiting for "
+         "the trace and graph optimisation; the weights after it agree with the compiled "
+         "step's to float rounding. One device, no XLA.", resume=True),
     _opt("runtime.graph_cache_dir", "workdir", _TEXT,
          "Where the training step's trace and optimised graph are kept for the next process "
          "with the same step (a resume, another seed of a sweep): it then loads the trace "

@@ -65,6 +65,19 @@ def _state(ckpt_dir: str) -> Any:
         return None
 
 
+def has_checkpoint(ckpt_dir: str) -> bool:
+    """Whether the checkpoint folder's state file lists a checkpoint (a run to resume).
+
+    Args:
+        ckpt_dir: The workdir's checkpoint folder (it may not exist).
+
+    Returns:
+        True if `restore_newest_intact` has a checkpoint to try.
+    """
+    state = _state(ckpt_dir)
+    return state is not None and bool(state.model_checkpoint_path)
+
+
 def check_checkpoint_files(ckpt_dir: str) -> None:
     """Refuses checkpoint files that the run could not resume from; reads only.
 

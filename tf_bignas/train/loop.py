@@ -9,6 +9,13 @@ with deterministic ops the result equals an uninterrupted run: children are
 drawn from (seed, step), dropout is stateless on (seed, step), and the data
 order and augmentation are restored with the iterator.
 
+A fresh run's first step runs op by op (`runtime.eager_first_step`,
+`SandwichStep.run_eagerly`): its losses come as soon as the supernet is
+built, and the compiled step is traced after it. A resumed run starts with the
+compiled step. Whether a run is fresh is a fact of its workdir (no
+checkpoint), not of any cache, so a config and seed train the same weights
+whatever the caches hold.
+
 Before it writes anything, a run checks every option, the workdir path and
 the data (`tf_bignas.run.validation`), takes the workdir's lock, and
 compares itself with the run the workdir holds (`tf_bignas.train.integrity`):
@@ -65,7 +72,12 @@ from tf_bignas.train.distribute import (
     build_strategy,
     worker_role,
 )
-from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
+from tf_bignas.train.step import (
+    LoopOutput,
+    SandwichOptions,
+    SandwichStep,
+    skip_idle_graph_passes,
+)
 
 CHILD_NAMES = ("largest", "smallest")  # the first two children of every step
 TRAIN_SAMPLE = "train_sample"  # the key of the training images scored at evaluations
@@ -282,9 +294,20 @@ class _Run:
         if role.is_chief:
             wd.write_model_spec(workdir, self.net)
         self.iterator = iter(self.strategy.distribute_datasets_from_function(self.train_input))
-        # Before the restore, which builds graphs of its own: the same trace,
-        # names included, in a fresh run and in its resume (the graph cache's key).
-        log(f"training step: {self.step_fn.trace(self.iterator)}")
+        # A fresh run's first step runs op by op, and the step is traced after
+        # it (`loop`); whether the run is fresh is a fact of the workdir, not
+        # of any cache, so a config and seed always train the same weights.
+        self.eager_first = (
+            rt.eager_first_step
+            and self.step_fn.can_run_eagerly
+            and not integrity.has_checkpoint(os.path.join(workdir, wd.CHECKPOINT_DIR))
+        )
+        if self.eager_first:
+            log("training step: the first step runs op by op, the step is traced after it")
+        else:
+            # Before the restore, which builds graphs of its own: the same trace,
+            # names included, in a fresh run and in its resume (the graph cache's key).
+            log(f"training step: {self.step_fn.trace(self.iterator)}")
         self.out_dir = workdir if role.is_chief else scratch
         self.manager = self._restore()
         self.writer = tf.summary.create_file_writer(os.path.join(self.out_dir, "tensorboard"))
@@ -499,9 +522,12 @@ class _Run:
         since = (step, self.start)
         try:
             while step < self.stop_at:
-                # Up to steps_per_loop steps in one compiled call, never past an event.
-                num_steps = min(rt.steps_per_loop, self.next_event(step) - step)
-                last = self.step_fn.run(self.iterator, step, num_steps)
+                if step == 0 and self.eager_first:
+                    last, num_steps = self.first_step_eagerly(), 1
+                else:
+                    # Up to steps_per_loop steps in one compiled call, never past an event.
+                    num_steps = min(rt.steps_per_loop, self.next_event(step) - step)
+                    last = self.step_fn.run(self.iterator, step, num_steps)
                 self.unchecked.append(last)
                 step += num_steps
                 if step == self.next_event(step - 1):
@@ -522,6 +548,18 @@ class _Run:
                 raise
             raise self._worker_failure(e, step) from e
         return step
+
+    def first_step_eagerly(self) -> LoopOutput:
+        """Runs step 0 op by op, logs its losses, then traces the compiled step."""
+        started = time.perf_counter()
+        out = self.step_fn.run_eagerly(self.iterator, 0)
+        losses = out.losses.numpy()
+        self.log(
+            f"first step, op by op, in {time.perf_counter() - started:.1f} s: loss "
+            f"largest {losses[0]:.4f} smallest {losses[1]:.4f}; tracing the compiled step"
+        )
+        self.log(f"training step: {self.step_fn.trace(self.iterator)}")
+        return out
 
     def _worker_failure(self, e: BaseException, step: int) -> WorkerFailureError:
         role = self.role

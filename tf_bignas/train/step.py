@@ -40,6 +40,10 @@ holds one branch per training resolution. Synchronized BN under
 MirroredStrategy needs a cross-replica reduction that cannot sit inside a
 nested graph, so then the children are unrolled in Python, one copy each.
 
+`SandwichStep.run_eagerly` runs one step of `run` op by op, with no trace: a
+fresh training run's first step, which then need not wait for tracing and
+graph optimisation.
+
 Loss scaling for distribution: each replica's loss is the sum of its
 per-example losses divided by the global batch size, and the Keras optimizer
 sums the gradients across replicas: scaled exactly once.
@@ -315,6 +319,7 @@ class SandwichStep:
         # Every call of the step uses the same options (they are part of what
         # TensorFlow instantiates), taken at its first call (`_call_options`).
         self._one_round = lean_grappler and not jit_compile
+        self.jit_compile = bool(jit_compile)
         # Create the optimizer's slots now: variable creation inside the first
         # call would make tf.function trace the step twice.
         with self.strategy.scope():
@@ -421,6 +426,51 @@ class SandwichStep:
             losses, bad_step, bad_losses = self._call(self._loop_fn, *args)
         else:
             losses, bad_step, bad_losses = self._call_stored(*stored)
+        return LoopOutput(losses, bad_step, bad_losses)
+
+    @property
+    def can_run_eagerly(self) -> bool:
+        """Whether `run_eagerly` can run this step (one replica, no XLA)."""
+        return (
+            self.strategy.num_replicas_in_sync == 1
+            and not self.jit_compile
+            and not isinstance(self.strategy, tf.distribute.TPUStrategy)
+        )
+
+    def run_eagerly(self, iterator: object, step: int) -> LoopOutput:
+        """Runs one step op by op, without tracing: what `run(iterator, step, 1)` computes.
+
+        The first step of a fresh run need not wait for the compiled step
+        (tracing and graph optimisation take most of a cold start): run op by
+        op, it starts as soon as the supernet is built. It reads its batch
+        from the iterator and draws its children from (seed, step) as `run`
+        does, with the same ops on the same values. Its losses equal the
+        compiled step's bit for bit; the weights after it agree to float
+        rounding, not bit for bit (the traced gradients add some terms in
+        another order, with Grappler off too): `tests/test_step_loop.py`.
+        It takes several times the compiled step's time
+        (`benchmarks/throughput.py`), and no trace.
+
+        Args:
+            iterator: The iterator that `run` reads.
+            step: Global step (the optimizer's iteration count).
+
+        Returns:
+            The LoopOutput of the step.
+
+        Raises:
+            ValueError: If the step cannot run op by op (`can_run_eagerly`).
+        """
+        if not self.can_run_eagerly:
+            raise ValueError(
+                "run_eagerly needs one replica and no XLA (jit_compile); this step has "
+                f"{self.strategy.num_replicas_in_sync} replicas under "
+                f"{type(self.strategy).__name__}, jit_compile={self.jit_compile}"
+            )
+        knobs = self._knobs(self.sampler.num_children)
+        losses, bad_step, bad_losses = self._distributed_loop(
+            iterator, tf.constant(step, tf.int64), tf.constant(1, tf.int64), knobs
+        )
         return LoopOutput(losses, bad_step, bad_losses)
 
     def trace(self, iterator: object) -> str:
@@ -649,7 +699,12 @@ class SandwichStep:
             )
             per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
-        grads = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        # Op by op, a child's skipped blocks leave their weights unconnected, and
+        # the tape's zeros for those need the TensorFlow variables (a Keras
+        # variable's dtype is a string); traced, every weight is connected (the
+        # skipped branch of a block's `tf.cond` gives zeros).
+        sources = [v.value for v in variables] if tf.executing_eagerly() else variables
+        grads = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         # Static shapes (a sliced weight's gradient is padded to an unknown shape):
         # the gradients are the loop variables of the children's loop.
         return logits, loss, [tf.reshape(g, v.shape) for g, v in zip(grads, variables)]
@@ -685,16 +740,18 @@ class SandwichStep:
             dropout = tf.gather(knobs["dropout"], i)
             decay = tf.gather(knobs["child_decay"], i) if knobs["own_decay"] else None
             index = tf.gather(archs["res_index"], i)
+            # Op by op (`run_eagerly`): the pass itself, not its compiled function.
+            child_fn = self._child_pass if tf.executing_eagerly() else self._child_fn
             if len(resolutions) == 1:
-                return self._child_fn(image(resolutions[0]), arch, targets, seed, dropout, decay)
+                return child_fn(image(resolutions[0]), arch, targets, seed, dropout, decay)
             if self.net.mode == "slice":
                 # Pick the images in-graph: one child graph, with a dynamic
                 # spatial shape, serves every child and resolution.
                 x = tf.switch_case(index, [lambda r=r: image(r) for r in resolutions])
-                return self._child_fn(x, arch, targets, seed, dropout, decay)
+                return child_fn(x, arch, targets, seed, dropout, decay)
             # Mask mode (XLA): static shapes, so one branch per resolution.
             branches = [
-                (lambda r=r: self._child_fn(image(r), arch, targets, seed, dropout, decay))
+                (lambda r=r: child_fn(image(r), arch, targets, seed, dropout, decay))
                 for r in resolutions
             ]
             return tf.switch_case(index, branches)
