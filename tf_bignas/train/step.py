@@ -699,11 +699,10 @@ class SandwichStep:
             )
             per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
-        # Op by op, a child's skipped blocks leave their weights unconnected, and
-        # the tape's zeros for those need the TensorFlow variables (a Keras
-        # variable's dtype is a string); traced, every weight is connected (the
-        # skipped branch of a block's `tf.cond` gives zeros).
-        sources = [v.value for v in variables] if tf.executing_eagerly() else variables
+        # The TensorFlow variables: the tape's zeros for an unconnected weight (a
+        # child's skipped block, op by op) need a dtype, and a Keras variable's
+        # is a string.
+        sources = [v.value for v in variables]
         grads = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         # Static shapes (a sliced weight's gradient is padded to an unknown shape):
         # the gradients are the loop variables of the children's loop.
