@@ -8,7 +8,11 @@ over), the training path a user runs: the default space at that resolution,
 batch 32, 1000 classes, `SandwichStep.run` (batches from an iterator,
 largest + smallest + 2 random children drawn in-graph, inplace distillation,
 one RMSProp update), the lean Grappler that training uses on CPU hosts (idle
-passes skipped, one round over the step's graph). It
+passes skipped, one round over the step's graph), and the children's lanes
+and threads that training chooses (`runtime.child_lanes=0`,
+`runtime.threads=0`: on a CPU host the children run at the same time, one
+lane per core, one thread per op on 2 cores; `--lanes=1 --threads=2` measures
+one child after another with 2 threads per op, as before). It
 prints, per resolution:
 
 - to first step: wall seconds from the moment the process was started to the
@@ -27,7 +31,9 @@ prints, per resolution:
 - GMAC/s: the MACs the children of those steps actually ran (forward + 2x
   backward: MACs x 3 x batch) over their time, comparable across frameworks;
 - matmul: the same process's float32 2048x2048 matmul rate (the machine
-  reference) and the ratio GMAC/s / matmul;
+  reference; with fewer threads per op than cores, one matmul per core at
+  once, so that it uses every core as the step does) and the ratio
+  GMAC/s / matmul;
 - ours / peer: that ratio over the peer's, as issue 22 measured it on one
   idle 2-core machine (AttentiveNAS, PyTorch eager, the same space, batch and
   sampler): ours at 0.20 of that process's matmul, and ours / peer 1.44 and
@@ -58,7 +64,18 @@ _RESOLUTIONS = flags.DEFINE_list("resolutions", ["64", "128"], "Training resolut
 _SPACE = flags.DEFINE_string("space", "bignas_mobilenetv2", "Search space name.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
-_THREADS = flags.DEFINE_integer("threads", 2, "Intra-op and inter-op threads.")
+_THREADS = flags.DEFINE_integer(
+    "threads",
+    0,
+    "Intra-op and inter-op threads; 0 = as training sets them (runtime.threads=0: with "
+    "lanes, train.step.lane_threads; else TensorFlow's default).",
+)
+_LANES = flags.DEFINE_integer(
+    "lanes",
+    0,
+    "Children at once (SandwichStep lanes); 0 = as training chooses (runtime.child_lanes=0: "
+    "train.step.child_lanes, one per core on a CPU host); 1 = one after another in a loop.",
+)
 _STEPS = flags.DEFINE_integer("steps", 8, "Steps timed after the first.")
 _CHILD = flags.DEFINE_integer("child", 0, "Internal: measure this resolution in this process.")
 _SPAWNED = flags.DEFINE_float("spawned_at", 0.0, "Internal: the parent's clock at the spawn.")
@@ -107,7 +124,14 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     from tf_bignas.run.optimizers import RMSpropTF
     from tf_bignas.space import get_space
     from tf_bignas.train.graph_cache import CHECKSUM_SUFFIX
-    from tf_bignas.train.step import SandwichOptions, SandwichStep, skip_idle_graph_passes
+    from tf_bignas.train.step import (
+        SandwichOptions,
+        SandwichStep,
+        available_cores,
+        child_lanes,
+        lane_threads,
+        skip_idle_graph_passes,
+    )
     from tf_bignas.train.trace_cache import TRACES_DIR
 
     imported = time.time()
@@ -120,15 +144,29 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     )
     traces = os.path.join(cache, TRACES_DIR)
     cached_traces = len(os.listdir(traces)) // 2 if os.path.isdir(traces) else 0
-    tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
-    tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
+    children = SandwichOptions().num_random + 2
+    lanes = min(_LANES.value or child_lanes("default", False, children), children)
+    if _THREADS.value:
+        intra = inter = _THREADS.value
+    elif lanes > 1:
+        intra, inter = lane_threads(lanes)
+    else:
+        intra = inter = 0
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
     skip_idle_graph_passes()
     space = get_space(_SPACE.value).with_resolutions([resolution])
     bs, nc = _BATCH.value, _NUM_CLASSES.value
     net = Supernet(space, num_classes=nc)
     optimizer = RMSpropTF(learning_rate=1e-4, rho=0.9, momentum=0.9, epsilon=1e-3)
     step = SandwichStep(
-        net, optimizer, SandwichOptions(), bs, graph_cache_dir=cache or None, lean_grappler=True
+        net,
+        optimizer,
+        SandwichOptions(),
+        bs,
+        graph_cache_dir=cache or None,
+        lean_grappler=True,
+        lanes=lanes,
     )
     rng = np.random.default_rng(0)
     batch = {
@@ -161,7 +199,9 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     )
     gmacs = macs * 3 * bs / sum(times) / 1e9
     rss = _rss_peak_mib()
-    matmul = matmul_gmacs()
+    # On every core, as the step runs: one matmul per core that an op leaves free.
+    cores = available_cores()
+    matmul = matmul_gmacs(parallel=max(1, cores // (intra or cores)))
     return {
         "python_start_s": started - spawned_at,
         "import_s": imported - started,
@@ -178,6 +218,9 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
         "gmacs": gmacs,
         "matmul_gmacs": matmul,
         "peak_rss_mib": rss,
+        "lanes": lanes,
+        "intra_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "traces": step.loop_tracing_count,
         "cached_graphs_before": cached_graphs,
         "cached_traces_before": cached_traces,
@@ -222,7 +265,9 @@ def _report(res: int, r: dict[str, float], warm: dict[str, float] | None) -> Non
             )
     lines += [
         f"  step           {r['step_s']:6.2f} s (mean of {_STEPS.value}, "
-        f"spread {r['step_spread_s']:.2f} s; traces {r['traces']})",
+        f"spread {r['step_spread_s']:.2f} s; traces {r['traces']}; {r['lanes']} lane(s) of "
+        f"children, threads {r['intra_threads']} per op / {r['inter_threads']} op threads, "
+        "0 = TensorFlow's default)",
         f"  throughput     {r['gmacs']:6.2f} GMAC/s; matmul {r['matmul_gmacs']:.1f} GMAC/s "
         f"in the same process; ratio {ratio:.3f}",
         f"  ours / peer    {vs_peer}  (peer {peer or float('nan'):.3f} of matmul, issue 22)",
@@ -239,7 +284,8 @@ def main(argv: list[str]) -> None:
     passed = [a for a in sys.argv[1:] if not a.startswith("--resolutions")]
     print(
         f"space={_SPACE.value} batch={_BATCH.value} classes={_NUM_CLASSES.value} "
-        f"threads={_THREADS.value} steps={_STEPS.value}, {os.cpu_count()} CPUs, "
+        f"threads={_THREADS.value} lanes={_LANES.value} steps={_STEPS.value}, "
+        f"{os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     for res in (int(r) for r in _RESOLUTIONS.value):

@@ -18,7 +18,9 @@ from tf_bignas.train.step import (
     ChildSampler,
     SandwichOptions,
     SandwichStep,
+    child_lanes,
     function_call_options,
+    lane_threads,
     one_round_call_options,
     sample_children,
     skip_idle_graph_passes,
@@ -82,11 +84,13 @@ def test_in_graph_draw_equals_the_decoded_children_and_covers_every_choice(space
     assert sampler.sample(7, 5) != sampler.sample(8, 5)
 
 
-def _train(space, batches, per_call, steps=8, lean_grappler=False, eager_first=False):
+def _train(space, batches, per_call, steps=8, lean_grappler=False, eager_first=False, lanes=1):
     keras.utils.set_random_seed(0)
     net = Supernet(space, num_classes=10, dropout_rate=0.5)
     opt = keras.optimizers.RMSprop(1e-3, momentum=0.9)
-    step_fn = SandwichStep(net, opt, SandwichOptions(seed=4), BATCH, lean_grappler=lean_grappler)
+    step_fn = SandwichStep(
+        net, opt, SandwichOptions(seed=4), BATCH, lean_grappler=lean_grappler, lanes=lanes
+    )
     iterator = iter(_dataset(batches))
     losses = []
     first = 0
@@ -136,6 +140,82 @@ def test_a_first_step_run_op_by_op_trains_what_the_compiled_step_trains(space, b
     assert not xla.can_run_eagerly
     with pytest.raises(ValueError, match="run_eagerly needs one replica and no XLA"):
         xla.run_eagerly(iter(_dataset(batches)), 0)
+
+
+def test_children_in_lanes_train_the_loop_s_weights_bit_for_bit(space, batches):
+    """Lanes (children at the same time, one copy each) are the loop's ops and sum order."""
+    loop, losses_loop = _train(space, batches, 1, steps=4)
+    lanes, losses_lanes = _train(space, batches, 2, steps=4, lanes=2)
+    for a, b in zip(loop, lanes):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(losses_loop[1], losses_lanes[0])  # a call's last step
+    np.testing.assert_array_equal(losses_loop[3], losses_lanes[1])
+    # Op by op, the lanes' step is the loop's too.
+    _, losses_eager = _train(space, batches, 1, steps=2, eager_first=True, lanes=2)
+    np.testing.assert_array_equal(losses_eager[0], losses_loop[0])
+
+
+def test_each_lane_waits_for_its_previous_child_only(space):
+    """Child i's pass waits for child i - lanes, the largest's logits feed the rest."""
+    net = Supernet(space, num_classes=10)
+    opt = keras.optimizers.SGD(0.1)
+    step_fn = SandwichStep(net, opt, SandwichOptions(num_random=3), BATCH, lanes=2)
+    assert step_fn.unrolled and step_fn.lanes == 2
+    spec = {
+        "images": {r: tf.TensorSpec([BATCH, r, r, 3], tf.float32) for r in space.train_resolutions},
+        "label": tf.TensorSpec([BATCH], tf.int32),
+    }
+    iterator = iter(tf.data.Dataset.from_tensors(_zeros(spec)).repeat())
+    concrete = step_fn._loop_fn.get_concrete_function(
+        iterator, tf.constant(0, tf.int64), tf.constant(1, tf.int64), step_fn._knobs(5)
+    )
+    graphs = [concrete.graph] + [
+        f.graph for f in concrete.graph._functions.values() if hasattr(f, "graph")
+    ]
+    calls = next(
+        ops
+        for g in graphs
+        for ops in [
+            [
+                op
+                for op in g.get_operations()
+                if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+                and "_child_pass" in op.get_attr("f").name
+            ]
+        ]
+        if len(ops) == 5
+    )
+
+    def waits_for(op):
+        """The child calls that `op` (or the ops that feed it) waits for by control edges."""
+        found, seen, stack = set(), set(), [op]
+        while stack:
+            o = stack.pop()
+            for c in o.control_inputs:
+                if c in calls:
+                    found.add(calls.index(c))
+            for x in o.inputs:
+                if x.op not in seen and x.op not in calls:
+                    seen.add(x.op)
+                    stack.append(x.op)
+        return found
+
+    assert [sorted(waits_for(c)) for c in calls] == [[], [], [0], [1], [2]]
+    one = SandwichStep(net, opt, SandwichOptions(num_random=3), BATCH, lanes=9)
+    assert one.lanes == 5  # at most one lane per child
+    with pytest.raises(ValueError, match="lanes must be >= 1"):
+        SandwichStep(net, opt, SandwichOptions(), BATCH, lanes=0)
+
+
+def test_a_cpu_host_runs_one_lane_per_core_with_its_cores_shared_among_them():
+    assert child_lanes("default", False, 4, cores=2) == 2
+    assert child_lanes("default", False, 4, cores=16) == 4
+    assert child_lanes("default", False, 4, cores=1) == 1
+    assert child_lanes("mirrored", False, 4, cores=8) == 1
+    assert child_lanes("default", True, 4, cores=8) == 1
+    assert lane_threads(2, cores=2) == (1, 2)
+    assert lane_threads(4, cores=16) == (4, 16)
+    assert lane_threads(4, cores=2) == (1, 2)
 
 
 def test_skipping_the_idle_graph_passes_trains_the_same_weights(space, batches):

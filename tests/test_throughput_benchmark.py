@@ -46,6 +46,7 @@ def test_throughput_prints_first_step_rate_ratio_and_rss_from_a_fresh_process():
             "--num_classes=10",
             "--steps=2",
             "--threads=1",
+            "--lanes=2",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -79,12 +80,15 @@ def test_throughput_prints_first_step_rate_ratio_and_rss_from_a_fresh_process():
     assert gmacs > 0 and matmul > 0
     assert abs(ratio - gmacs / matmul) <= 0.002 + 0.01 * ratio
     assert "traces 1" in out  # later steps reuse the first trace
-    # A second process loads the first one's trace; it reads no optimised
-    # graph: this space's is optimised in well under TensorFlow's 3 s threshold.
+    assert "2 lane(s) of children, threads 1 per op / 1 op threads" in out
+    # A second process loads the first one's trace, and reads the optimised
+    # graph if TensorFlow kept it (it keeps graphs optimised in >= 3 s: the
+    # tiny space's four lanes take about that long here).
     cached = out[out.index("cached ") :]
     load = _figure(r"load ([\d.]+)", cached)
-    assert load < later[0] and "+ optimise and first compiled step" in cached
-    assert "no graph to read" in cached
+    assert load < later[0]
+    if "+ read graph and first compiled step" not in cached:
+        assert "+ optimise and first compiled step" in cached and "no graph to read" in cached
     # No peer figure at 16 px: the issue measured 64 and 128 px only.
     assert "ours / peer    n/a" in out
     assert _figure(r"peak RSS\s+(\d+) MiB", out) > 100

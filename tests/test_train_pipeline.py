@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tf_bignas.model import BNStatsStore, Supernet
 from tf_bignas.run.workdir import open_workdir
+from tf_bignas.train.step import available_cores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [
@@ -68,6 +69,12 @@ def test_sigkill_and_restart_equals_an_uninterrupted_run(tmp_path):
     lines = out.stdout.splitlines()
     first = next(i for i, x in enumerate(lines) if x.startswith("first step, op by op, in "))
     assert lines[first + 1].startswith("training step: traced")
+    # On a CPU host its children run at the same time, one lane per core
+    # (runtime.child_lanes); the config's runtime.threads sizes the pools.
+    lanes = min(available_cores(), 4)
+    assert "threads: 2 per op, 2 op threads (runtime.threads=2)" in lines
+    want = f"in {lanes} lanes at the same time" if lanes > 1 else "one after another"
+    assert f"children of a step: 4, {want}" in lines
     config = json.loads((straight / "config.json").read_text())
     assert config["train"]["batch_size"] == 16 and config["runtime"]["deterministic"] is True
     assert tf.train.latest_checkpoint(str(straight / "checkpoints")).endswith("ckpt-12")

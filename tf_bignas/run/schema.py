@@ -251,6 +251,13 @@ _RUNTIME = (
          "XLA for each child pass on GPU (needs model.mode='mask').", resume=True),
     _opt("runtime.threads", 0, _int(0, "0 = TensorFlow's default"),
          "Intra/inter-op threads; 0 = TensorFlow's default.", resume=True),
+    _opt("runtime.child_lanes", 0, _int(0, "0 = one per CPU core on a CPU-only host"),
+         "Children of a step that run at the same time (train.step.SandwichStep's lanes; "
+         "one copy of the child pass per child): 0 = one lane per core, at most one per "
+         "child, on a CPU-only host with one device and no XLA, and there one thread per op "
+         "per lane unless runtime.threads is set (train.step.lane_threads); 1 elsewhere. "
+         "1 = one child after another in one loop body (a shorter first call, less memory). "
+         "The same weights at the same threads.", resume=True),
     _opt("runtime.lean_grappler", True, _BOOL,
          "CPU-only hosts: skip the Grappler passes that leave the step's graph as it was "
          "(train.step.skip_idle_graph_passes) and optimise the step in one round "

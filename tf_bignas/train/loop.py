@@ -16,6 +16,11 @@ compiled step. Whether a run is fresh is a fact of its workdir (no
 checkpoint), not of any cache, so a config and seed train the same weights
 whatever the caches hold.
 
+On a CPU-only host with one device the children of a step run at the same
+time, one lane per core (`runtime.child_lanes`, `SandwichStep`'s `lanes`),
+and unless `runtime.threads` says otherwise each op gets cores / lanes
+threads: the same weights as one child after another at those threads.
+
 Before it writes anything, a run checks every option, the workdir path and
 the data (`tf_bignas.run.validation`), takes the workdir's lock, and
 compares itself with the run the workdir holds (`tf_bignas.train.integrity`):
@@ -76,6 +81,8 @@ from tf_bignas.train.step import (
     LoopOutput,
     SandwichOptions,
     SandwichStep,
+    child_lanes,
+    lane_threads,
     skip_idle_graph_passes,
 )
 
@@ -218,20 +225,42 @@ def _graph_cache_dir(
     return os.path.expanduser(setting)
 
 
-def _set_threads(threads: int, log: Callable[[str], None]) -> None:
+def _set_threads(intra: int, inter: int, why: str, log: Callable[[str], None]) -> None:
     """Sets TensorFlow's thread pools, or says why they keep their size.
 
     They can be sized only before TensorFlow first runs an op in the process
     (a second run in one process, e.g. tests or the chain, finds them fixed).
+
+    Args:
+        intra: Threads per op.
+        inter: Threads that run ops.
+        why: The setting that asks for them, for the log.
+        log: Where the line goes.
     """
-    current = tf.config.threading.get_intra_op_parallelism_threads()
-    if current == threads:
+    threading = tf.config.threading
+    current = (
+        threading.get_intra_op_parallelism_threads(),
+        threading.get_inter_op_parallelism_threads(),
+    )
+    if current == (intra, inter):
         return
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        threading.set_intra_op_parallelism_threads(intra)
+        threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:
-        log(f"runtime.threads={threads} not applied: TensorFlow already runs in this process")
+        log(
+            f"{why}: {intra} thread(s) per op and {inter} op threads not applied: "
+            "TensorFlow already runs in this process"
+        )
+        return
+    log(f"threads: {intra} per op, {inter} op threads ({why})")
+
+
+def _lanes(runtime: ml_collections.ConfigDict, num_children: int) -> int:
+    """The lanes of children (`runtime.child_lanes`; 0 = `child_lanes`'s choice)."""
+    if runtime.child_lanes:
+        return runtime.child_lanes
+    return child_lanes(runtime.strategy, runtime.jit_compile, num_children)
 
 
 class _Run:
@@ -268,8 +297,18 @@ class _Run:
         self.config, self.workdir, self.space, self.info = config, workdir, space, info
         self.log, self.role = log, role
         rt = config.runtime
+        # Threads first: TensorFlow sizes its pools when it first runs an op.
+        num_children = config.sandwich.num_random + 2
+        lanes = min(_lanes(rt, num_children), num_children)
         if rt.threads:
-            _set_threads(rt.threads, log)
+            _set_threads(rt.threads, rt.threads, f"runtime.threads={rt.threads}", log)
+        elif lanes > 1:
+            intra, inter = lane_threads(lanes)
+            _set_threads(intra, inter, f"{lanes} lanes of children on {inter} cores", log)
+        log(
+            f"children of a step: {num_children}, "
+            + (f"in {lanes} lanes at the same time" if lanes > 1 else "one after another")
+        )
         if rt.deterministic:
             tf.config.experimental.enable_op_determinism()
         if rt.lean_grappler:
@@ -288,7 +327,7 @@ class _Run:
                 self.net, self.optimizer, _sandwich_options(config, self.total_steps),
                 self.batch, self.strategy, jit_compile=rt.jit_compile,
                 graph_cache_dir=_graph_cache_dir(rt, workdir, role, scratch),
-                lean_grappler=rt.lean_grappler,
+                lean_grappler=rt.lean_grappler, lanes=lanes,
             )  # fmt: skip
             self.sampler_seed = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
         if role.is_chief:

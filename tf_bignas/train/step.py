@@ -40,6 +40,18 @@ holds one branch per training resolution. Synchronized BN under
 MirroredStrategy needs a cross-replica reduction that cannot sit inside a
 nested graph, so then the children are unrolled in Python, one copy each.
 
+On a CPU host the children can run at the same time instead (`lanes`): the
+step holds one copy of the child pass per child, and child i runs in lane
+i mod lanes, after the child before it in its lane; the largest child's
+logits are the only thing the others wait for (their loss), so the other
+lanes' forward passes overlap its pass. With one thread per op
+(`cpu_threads`), the lanes keep the cores busy with whole ops where the
+small convolutions of a child split badly over threads. The same ops on the
+same values, and the gradients summed in the same order: the weights are
+bit-identical to the loop's at the same thread settings. Not a while loop
+with parallel iterations: its iterations share kernel instances, and with
+oneDNN's kernels that corrupted the heap (TensorFlow 2.21, tried).
+
 `SandwichStep.run_eagerly` runs one step of `run` op by op, with no trace: a
 fresh training run's first step, which then need not wait for tracing and
 graph optimisation.
@@ -54,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 from collections.abc import Iterator, Mapping, Sequence
 
 import keras
@@ -126,6 +139,59 @@ IDLE_CPU_GRAPH_PASSES = (
     "loop_optimization",
     "implementation_selector",
 )
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity; else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def child_lanes(
+    strategy_name: str, jit_compile: bool, num_children: int, cores: int | None = None
+) -> int:
+    """How many children a host runs at once (`SandwichStep`'s `lanes`), by default.
+
+    On a CPU-only host with one replica and no XLA: one lane per core, at most
+    one per child. Elsewhere 1: an accelerator runs a step's ops in one
+    stream, where concurrent children only add memory, and XLA and replicas
+    keep the loop.
+
+    Args:
+        strategy_name: `runtime.strategy` ("default" is one device).
+        jit_compile: Whether the child pass is compiled with XLA.
+        num_children: Children per step (2 + the random ones).
+        cores: CPU cores to fill (default: `available_cores()`).
+
+    Returns:
+        The lanes, >= 1.
+    """
+    if strategy_name != "default" or jit_compile:
+        return 1
+    if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+        return 1
+    return max(1, min(cores or available_cores(), num_children))
+
+
+def lane_threads(lanes: int, cores: int | None = None) -> tuple[int, int]:
+    """TensorFlow's (intra-op, inter-op) threads for children in `lanes` lanes.
+
+    Each lane's ops get cores // lanes threads, and there is one inter-op
+    thread per core, so the lanes fill the cores with whole ops: on 2 cores
+    and 2 lanes, one thread per op (the step 1.3-1.4x faster than 2 threads
+    per op; `benchmarks/README.md`, "Children at the same time").
+
+    Args:
+        lanes: Lanes of children (see `child_lanes`).
+        cores: CPU cores (default: `available_cores()`).
+
+    Returns:
+        (intra-op threads, inter-op threads).
+    """
+    cores = cores or available_cores()
+    return max(1, cores // max(1, lanes)), cores
 
 
 def skip_idle_graph_passes() -> bool:
@@ -270,9 +336,14 @@ class SandwichStep:
             (`ONE_ROUND_GRAPH_PASSES`) instead of TensorFlow's default two: the
             same graph in about half the time. CPU-only hosts without XLA;
             elsewhere the default.
+        lanes: Run the children in this many concurrent lanes, one copy of
+            the child pass per child (see the module doc; `child_lanes`
+            chooses it for a host). 1: one after another in one loop body.
+            More than the children count as one lane per child.
 
     Raises:
-        ValueError: If `jit_compile` is asked for a slice-mode supernet.
+        ValueError: If `jit_compile` is asked for a slice-mode supernet, or
+            `lanes` < 1.
     """
 
     def __init__(
@@ -286,6 +357,7 @@ class SandwichStep:
         unroll_children: bool = False,
         graph_cache_dir: str | None = None,
         lean_grappler: bool = False,
+        lanes: int = 1,
     ) -> None:
         if jit_compile and net.mode != "mask":
             raise ValueError("jit_compile=True needs a supernet with mode='mask' (static shapes)")
@@ -302,7 +374,12 @@ class SandwichStep:
         cross_replica = (
             self.strategy.num_replicas_in_sync > 1 and net.synchronized_bn and not jit_compile
         )
-        self.unrolled = cross_replica or unroll_children
+        if lanes < 1:
+            raise ValueError(
+                f"lanes must be >= 1 (1 = the children one after another), got {lanes}"
+            )
+        self.lanes = min(int(lanes), self.sampler.num_children)
+        self.unrolled = cross_replica or unroll_children or self.lanes > 1
         if cross_replica:
             self._child_fn = self._child_pass
         else:
@@ -573,7 +650,7 @@ class SandwichStep:
         return [
             f"step={type(self).__qualname__} batch={self.global_batch_size} "
             f"resolutions={self.resolutions} unrolled={self.unrolled} "
-            f"children={self.sampler.num_children}",
+            f"children={self.sampler.num_children} lanes={self.lanes}",
             f"strategy={type(strategy).__qualname__} devices={devices!r}",
             f"net={type(net).__qualname__} {net.space!r} classes={net.num_classes} "
             f"mode={net.mode} zero_init={net.zero_init_last_bn} "
@@ -765,12 +842,18 @@ class SandwichStep:
             return distill * teacher + (1.0 - distill) * smooth
 
         if self.unrolled:
-            # 1. The largest child on the labels; 2. the others on its soft labels.
+            # 1. The largest child on the labels; 2. the others on its soft
+            # labels. Child i runs in lane i mod lanes, after its lane's last
+            # child (the lanes run at the same time; the sum keeps its order).
+            lanes = self.lanes
             teacher_logits, loss, grads = child(0, smooth)
             targets = soft_labels(teacher_logits)
             losses = [loss]
+            ends = [[loss, *grads]] + [[] for _ in range(lanes - 1)]
             for i in range(1, num_children):
-                _, loss_i, grads_i = child(i, targets)
+                with tf.control_dependencies(ends[i % lanes] if lanes > 1 else []):
+                    _, loss_i, grads_i = child(i, targets)
+                ends[i % lanes] = [loss_i, *grads_i]
                 losses.append(loss_i)
                 grads = [g + gi for g, gi in zip(grads, grads_i)]
             losses = tf.stack(losses)
