@@ -40,5 +40,10 @@ def get_config():
     c.train.checkpoint_every = 300
     c.train.eval_every = 0
     c.runtime.threads = 2
+    # One child after another: at 2 threads per op, 2 lanes of children
+    # trained it in 199.6 s against 210.5 s (one run each, 2026-12-07;
+    # benchmarks/README.md, "Children at the same time"), and every process
+    # would pay the first call of four copies of the child pass.
+    c.runtime.child_lanes = 1
     c.chain.budgets = "mflops:0.5,1.5,3"  # the children span 0.15 to 4.2 MFLOPs
     return c

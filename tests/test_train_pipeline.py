@@ -23,6 +23,7 @@ FAST = [
     "--config=configs/quickstart.py",
     "--config.train.batch_size=16",
     "--config.runtime.deterministic=True",
+    "--config.runtime.child_lanes=0",  # one lane per core (the quickstart keeps 1)
 ]
 
 

@@ -257,7 +257,15 @@ def _set_threads(intra: int, inter: int, why: str, log: Callable[[str], None]) -
 
 
 def _lanes(runtime: ml_collections.ConfigDict, num_children: int) -> int:
-    """The lanes of children (`runtime.child_lanes`; 0 = `child_lanes`'s choice)."""
+    """The lanes of children a run asks for.
+
+    Args:
+        runtime: The config's `runtime` section.
+        num_children: Children per step.
+
+    Returns:
+        `runtime.child_lanes`, or `train.step.child_lanes`'s choice for 0.
+    """
     if runtime.child_lanes:
         return runtime.child_lanes
     return child_lanes(runtime.strategy, runtime.jit_compile, num_children)

@@ -142,7 +142,11 @@ IDLE_CPU_GRAPH_PASSES = (
 
 
 def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity; else the machine's count)."""
+    """The CPU cores this process may run on.
+
+    Returns:
+        The cores of its affinity mask, else the machine's count (at least 1).
+    """
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
