@@ -23,7 +23,6 @@ FAST = [
     "--config=configs/quickstart.py",
     "--config.train.batch_size=16",
     "--config.runtime.deterministic=True",
-    "--config.runtime.child_lanes=0",  # one lane per core (the quickstart keeps 1)
 ]
 
 
@@ -61,7 +60,12 @@ def test_unknown_config_key_is_an_error(tmp_path):
 
 
 def test_sigkill_and_restart_equals_an_uninterrupted_run(tmp_path):
-    steps = ["--max_steps=12", "--config.train.checkpoint_every=1", "--config.train.log_every=1"]
+    steps = [
+        "--max_steps=12",
+        "--config.train.checkpoint_every=1",
+        "--config.train.log_every=1",
+        "--config.runtime.child_lanes=0",  # one lane per core (the quickstart keeps 1)
+    ]
     straight = tmp_path / "straight"
     out = _run(straight, *steps)
     assert out.returncode == 0, out.stderr[-3000:]
