@@ -31,6 +31,7 @@ summed by op type: the top ops by time.
 
     python -m benchmarks.sandwich_step --resolution=64 --batch_size=32 --threads=2
     python -m benchmarks.sandwich_step --resolution=128 --rounds=3 --profile
+    python -m benchmarks.sandwich_step --resolution=64 --lanes=2 --threads=1 --profile
 
 Targets: sandwich step <= 1.10x the sum of its children's static steps
 (issue 4); effective MAC/s >= 0.3x the matmul rate and peak memory <= 1.5x
@@ -56,7 +57,12 @@ from tf_bignas.model import Supernet, cost
 from tf_bignas.model.slicing import extract_child
 from tf_bignas.run.optimizers import RMSpropTF
 from tf_bignas.space import ArchConfig, get_space
-from tf_bignas.train.step import SandwichOptions, SandwichStep, sample_children
+from tf_bignas.train.step import (
+    SandwichOptions,
+    SandwichStep,
+    available_cores,
+    sample_children,
+)
 
 _SPACE = flags.DEFINE_string("space", "bignas_mobilenetv2", "Search space name.")
 _RESOLUTION = flags.DEFINE_integer("resolution", 64, "Input resolution of every child.")
@@ -65,6 +71,13 @@ _NUM_CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed rounds after the first (tracing) call.")
 _ROUNDS = flags.DEFINE_integer("rounds", 12, "Timed rounds.")
 _THREADS = flags.DEFINE_integer("threads", 2, "Intra-op and inter-op threads.")
+_LANES = flags.DEFINE_integer(
+    "lanes",
+    1,
+    "Children of the sandwich step at the same time (SandwichStep's lanes); above 1, "
+    "one op thread per core (--threads sets the threads per op).",
+    lower_bound=1,
+)
 _BREAKDOWN = flags.DEFINE_bool(
     "breakdown", False, "Also time bare supernet passes (where the overhead goes)."
 )
@@ -210,8 +223,9 @@ def top_ops(fn: Callable[[], object], steps: int = 3, top: int = 15) -> list[tup
 
 def main(argv: list[str]) -> None:
     del argv
+    inter = max(_THREADS.value, available_cores()) if _LANES.value > 1 else _THREADS.value
     tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
-    tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
     start = time.perf_counter()
     res, bs, nc = _RESOLUTION.value, _BATCH.value, _NUM_CLASSES.value
     space = get_space(_SPACE.value).with_resolutions([res])
@@ -219,7 +233,12 @@ def main(argv: list[str]) -> None:
     options = SandwichOptions()
     optimizer = RMSpropTF(learning_rate=1e-4, rho=0.9, momentum=0.9, epsilon=1e-3)
     step_fn = SandwichStep(
-        net, optimizer, options, global_batch_size=bs, unroll_children=_UNROLL.value
+        net,
+        optimizer,
+        options,
+        global_batch_size=bs,
+        unroll_children=_UNROLL.value,
+        lanes=_LANES.value,
     )
     children = sample_children(net, 0, options)
     assert len(children) == len(_NAMES)
@@ -242,7 +261,8 @@ def main(argv: list[str]) -> None:
         variants.update(_breakdown_fns(net, children, images, one_hot))
 
     print(
-        f"tf {tf.__version__}, {os.cpu_count()} CPUs, {_THREADS.value} threads, "
+        f"tf {tf.__version__}, {os.cpu_count()} CPUs, {_THREADS.value} threads per op, "
+        f"{inter} op threads, {step_fn.lanes} lane(s) of children, "
         f"space={space.name} res={res} batch={bs} classes={nc}"
     )
     print(f"setup (supernet, 4 extract_child): {time.perf_counter() - start:.1f} s")
@@ -284,7 +304,8 @@ def main(argv: list[str]) -> None:
 
     # Machine reference and memory, in this process (matmul before and after the
     # rounds would bracket them; here once, right after).
-    reference = matmul_gmacs()
+    # On every core, as the step runs: one matmul per core that an op leaves free.
+    reference = matmul_gmacs(parallel=max(1, inter // _THREADS.value))
     print(
         f"matmul rate (2048x2048 float32, this process): {reference:.1f} GMAC/s; "
         f"effective / matmul = {gmacs / reference:.3f}  (target >= 0.3)"
