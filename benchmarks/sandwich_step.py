@@ -60,7 +60,7 @@ from tf_bignas.space import ArchConfig, get_space
 from tf_bignas.train.step import (
     SandwichOptions,
     SandwichStep,
-    available_cores,
+    lane_threads,
     sample_children,
 )
 
@@ -223,7 +223,9 @@ def top_ops(fn: Callable[[], object], steps: int = 3, top: int = 15) -> list[tup
 
 def main(argv: list[str]) -> None:
     del argv
-    inter = max(_THREADS.value, available_cores()) if _LANES.value > 1 else _THREADS.value
+    # Above one lane, training's op threads (`lane_threads`: one per core).
+    lanes = _LANES.value
+    inter = max(_THREADS.value, lane_threads(lanes)[1]) if lanes > 1 else _THREADS.value
     tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     start = time.perf_counter()
@@ -238,7 +240,7 @@ def main(argv: list[str]) -> None:
         options,
         global_batch_size=bs,
         unroll_children=_UNROLL.value,
-        lanes=_LANES.value,
+        lanes=lanes,
     )
     children = sample_children(net, 0, options)
     assert len(children) == len(_NAMES)
