@@ -18,7 +18,9 @@ from tf_bignas.train.step import (
     ChildSampler,
     SandwichOptions,
     SandwichStep,
+    assign_lanes,
     child_lanes,
+    expected_child_macs,
     function_call_options,
     lane_threads,
     one_round_call_options,
@@ -156,7 +158,7 @@ def test_children_in_lanes_train_the_loop_s_weights_bit_for_bit(space, batches):
 
 
 def test_each_lane_waits_for_its_previous_child_only(space):
-    """Child i's pass waits for child i - lanes, the largest's logits feed the rest."""
+    """Child i's pass waits for the child before it in its lane, the largest's logits feed the rest."""
     net = Supernet(space, num_classes=10)
     opt = keras.optimizers.SGD(0.1)
     step_fn = SandwichStep(net, opt, SandwichOptions(num_random=3), BATCH, lanes=2)
@@ -200,11 +202,25 @@ def test_each_lane_waits_for_its_previous_child_only(space):
                     stack.append(x.op)
         return found
 
-    assert [sorted(waits_for(c)) for c in calls] == [[], [], [0], [1], [2]]
+    lane = step_fn.child_lane
+    assert sorted(set(lane)) == [0, 1]
+    previous = [[j for j in range(i) if lane[j] == lane[i]][-1:] for i in range(len(lane))]
+    assert [sorted(waits_for(c)) for c in calls] == previous
     one = SandwichStep(net, opt, SandwichOptions(num_random=3), BATCH, lanes=9)
     assert one.lanes == 5  # at most one lane per child
     with pytest.raises(ValueError, match="lanes must be >= 1"):
         SandwichStep(net, opt, SandwichOptions(), BATCH, lanes=0)
+
+
+def test_lanes_take_the_children_costliest_first_so_they_end_together(space):
+    # Largest, smallest, two random children: the largest shares its lane with
+    # the smallest, the random ones share the other.
+    assert assign_lanes([10.0, 3.0, 5.5, 5.5], 2) == [0, 0, 1, 1]
+    assert assign_lanes([10.0, 3.0, 5.5, 5.5], 3) == [0, 1, 1, 2]
+    assert assign_lanes([10.0, 3.0, 5.5, 5.5], 1) == [0, 0, 0, 0]
+    assert assign_lanes([1.0, 1.0, 1.0], 2) == [0, 1, 0]
+    macs = expected_child_macs(Supernet(space, num_classes=10), num_random=2)
+    assert macs[0] > macs[2] == macs[3] > macs[1] > 0
 
 
 def test_a_cpu_host_runs_one_lane_per_core_with_its_cores_shared_among_them():

@@ -9,6 +9,7 @@ from supernet_testutil import randomize_weights
 
 from tf_bignas.data import build_train_dataset
 from tf_bignas.model import BNStatsStore, Supernet
+from tf_bignas.model.layers import depthwise_conv2d_same, pointwise_conv
 from tf_bignas.space import InvalidArchError, SearchSpace, StageSpec, get_space
 
 
@@ -34,6 +35,74 @@ def test_new_child_never_retraces_only_new_resolution(space):
         arch = space.sample(seed)
         step(_images(arch.resolution), net.encode_arch(arch))
     assert step.experimental_get_tracing_count() == len(space.train_resolutions)
+
+
+def _stock_and_ours(stock, ours, stride, in_cond):
+    """A traced function: (outputs, gradients) of a stock convolution and ours.
+
+    Every shape is dynamic, as in slice mode; with `in_cond` the convolution's
+    input is a `tf.cond` branch's input (a block without an expand conv),
+    beside a shortcut, as in a skippable block.
+    """
+    spec = [tf.TensorSpec([None] * 4)] * 3
+
+    @tf.function(input_signature=spec)
+    def run(x, w, dy):
+        out = {}
+        for name, fn in (("stock", stock), ("ours", ours)):
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                if in_cond:
+                    y = tf.cond(
+                        tf.size(x) > 0,
+                        lambda fn=fn: fn(x, w) + x[:, ::stride, ::stride, :1],
+                        lambda fn=fn: fn(x, w),
+                    )
+                else:
+                    y = fn(x, w)
+            out[name] = (y, *tape.gradient(y, [x, w], output_gradients=dy))
+        return out
+
+    return run
+
+
+def _check_gradients(got, stock_dx_exact):
+    (y0, dx0, dw0), (y1, dx1, dw1) = ([t.numpy() for t in got[n]] for n in ("stock", "ours"))
+    np.testing.assert_array_equal(y1, y0)  # the same forward op
+    for a, b in ((dx1, dx0), (dw1, dw0)):
+        assert a.shape == b.shape and np.abs(b).max() > 0
+        if stock_dx_exact and a is dx1:
+            np.testing.assert_array_equal(a, b)  # the same op
+        else:  # the same sums in another kernel's order
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("in_cond", [False, True])
+def test_depthwise_filter_gradient_is_the_stock_one(stride, in_cond):
+    run = _stock_and_ours(
+        lambda x, w: tf.nn.depthwise_conv2d(x, w, [1, stride, stride, 1], "SAME"),
+        lambda x, w: depthwise_conv2d_same(x, w, stride),
+        stride,
+        in_cond,
+    )
+    rng = np.random.default_rng(stride)
+    for h, w, c, k in [(7, 7, 5, 3), (8, 9, 16, 5), (1, 1, 8, 7), (2, 2, 32, 5), (13, 6, 3, 7)]:
+        x = tf.constant(rng.normal(size=(3, h, w, c)), tf.float32)
+        kernel = tf.constant(rng.normal(size=(k, k, c, 1)), tf.float32)
+        dy = tf.constant(rng.normal(size=(3, -(-h // stride), -(-w // stride), c)), tf.float32)
+        _check_gradients(run(x, kernel, dy), stock_dx_exact=True)
+
+
+@pytest.mark.parametrize("in_cond", [False, True])
+def test_pointwise_gradients_are_the_stock_ones(in_cond):
+    run = _stock_and_ours(lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"), pointwise_conv, 1, in_cond)
+    rng = np.random.default_rng(0)
+    for h, w, c, n in [(7, 7, 5, 3), (8, 9, 16, 40), (1, 1, 8, 7), (2, 2, 96, 24)]:
+        x = tf.constant(rng.normal(size=(3, h, w, c)), tf.float32)
+        kernel = tf.constant(rng.normal(size=(1, 1, c, n)), tf.float32)
+        dy = tf.constant(rng.normal(size=(3, h, w, n)), tf.float32)
+        _check_gradients(run(x, kernel, dy), stock_dx_exact=False)
 
 
 def test_mask_mode_under_xla_matches_slice_mode(space):

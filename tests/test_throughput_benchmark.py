@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py: one command, a fresh process per resolution, every figure printed."""
+"""benchmarks/throughput.py (one command, a fresh process per resolution, every figure printed) and benchmarks/conv_kernels.py."""
 
 from __future__ import annotations
 
@@ -100,3 +100,31 @@ def test_peer_reference_is_the_issues_measurement():
     assert sorted(peer) == [64, 128]
     assert 0.20 / 1.58 <= peer[64] <= 0.20 / 1.44
     assert 0.20 / 1.25 <= peer[128] <= 0.20 / 1.16
+
+
+def test_conv_kernels_times_every_convolution_in_both_forms():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.conv_kernels",
+            "--space=bignas_tiny",
+            "--resolution=16",
+            "--batch_size=2",
+            "--rounds=1",
+            "--repeats=1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _figure(r"matmul rate .*: ([\d.]+) GMAC/s", out) > 0
+    for kind in ("depthwise", "1x1"):
+        assert _figure(rf"{kind} convolutions, all: .* = ([\d.]+)", out) > 0
+    # Every kernel size of the tiny space's first stage, and a head conv.
+    assert "s1l1 dw 3x3/2 16px" in out and "s1l1 dw 5x5/2 16px" in out, out
+    assert "head " in out

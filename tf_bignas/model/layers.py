@@ -20,6 +20,13 @@ statistics of the active child, see `Supernet.load_bn_stats`), and
 ``"calibrate"`` (batch statistics for the output, while an exact cumulative
 average of the batch moments is accumulated for re-calibration).
 
+On a CPU-only host, slice mode computes two gradients in other forms than
+the stock ops, with the same forward ops (`depthwise_conv2d_same`: the
+depthwise filter gradient on TensorFlow's own kernel instead of oneDNN's;
+`pointwise_conv`: the 1x1 convolution gradients as matrix products), which
+the training step runs 1.2-1.3x faster for
+(`benchmarks/README.md`, "Convolution gradients in other forms").
+
 Initialisation follows EfficientNet (whose recipe BigNAS trains with):
 `conv_kernel_initializer()` for every convolution, depthwise ones included,
 and `dense_kernel_initializer()` for the classifier, both variance scaling on
@@ -119,6 +126,101 @@ def take(variable: tf.Variable | tf.Tensor, begin: list, size: list) -> tf.Tenso
         The slice.
     """
     return tf.slice(variable, _index_vector(begin), _index_vector(size))
+
+
+def pointwise_conv(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """`tf.nn.conv2d(x, w, 1, "SAME")` for a 1x1 kernel, with its gradients as matrix products.
+
+    The forward pass is the stock convolution (so a sliced child computes the
+    supernet's outputs bit for bit). Its two gradients are the same sums as
+    the stock ones, each one matrix product over the pixels (dx = dy w^T,
+    dw = x^T dy), which oneDNN runs faster than its 1x1 convolution
+    gradients on one thread per op (`benchmarks/conv_kernels.py`).
+
+    Args:
+        x: [B, H, W, C] input.
+        w: [1, 1, C, N] kernel.
+
+    Returns:
+        [B, H, W, N].
+    """
+
+    @tf.custom_gradient
+    def conv(x: tf.Tensor, w: tf.Tensor):
+        x = tf.identity(x)  # See `depthwise_conv2d_same`.
+
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            xs, ws = tf.shape(x), tf.shape(w)
+            # Reshapes, not w[0, 0]: their gradients are free.
+            dy2 = tf.reshape(dy, [-1, ws[3]])
+            dx = tf.matmul(dy2, tf.reshape(w, ws[2:]), transpose_b=True)
+            dw = tf.matmul(tf.reshape(x, [-1, xs[3]]), dy2, transpose_a=True)
+            return tf.reshape(dx, xs), tf.reshape(dw, ws)
+
+        return tf.nn.conv2d(x, w, 1, "SAME"), grad
+
+    return conv(x, w)
+
+
+def _same_padding(size: tf.Tensor, kernel: tf.Tensor, stride: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """TensorFlow's "SAME" padding (before, after) of one spatial axis."""
+    out = (size + stride - 1) // stride
+    total = tf.maximum((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def depthwise_conv2d_same(x: tf.Tensor, w: tf.Tensor, stride: int) -> tf.Tensor:
+    """`tf.nn.depthwise_conv2d(x, w, stride, "SAME")` whose filter gradient runs TF's own CPU kernel.
+
+    The forward pass and the input gradient are the stock ops (oneDNN's
+    kernels on x86). Only the filter gradient changes: oneDNN runs a
+    depthwise filter gradient with a kernel larger than 3x3 (and small maps
+    with many channels) as a grouped convolution on dense 16x16 channel
+    blocks, several times slower on one thread than TensorFlow's own
+    depthwise kernel, which the op selects when its padding is given as
+    "EXPLICIT" (oneDNN's rewrite leaves that form alone). The input is
+    padded here as "SAME" pads it and the op runs with explicit zero
+    padding: the same sums, in another order. Per layer of the default
+    space, stock against this form: `python -m benchmarks.conv_kernels`.
+
+    Args:
+        x: [B, H, W, C] input.
+        w: [k, k, C, 1] kernel.
+        stride: Stride of both spatial axes.
+
+    Returns:
+        [B, ceil(H / stride), ceil(W / stride), C].
+    """
+    strides = [1, stride, stride, 1]
+
+    @tf.custom_gradient
+    def conv(x: tf.Tensor, w: tf.Tensor):
+        # The gradient refers to a tensor of this function's graph: when x is a
+        # `tf.cond` branch's input (a block without an expand conv), a gradient
+        # that captured it directly was left with an unfed placeholder (TF 2.21).
+        x = tf.identity(x)
+
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            dx = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+                input_sizes=tf.shape(x), filter=w, out_backprop=dy, strides=strides, padding="SAME"
+            )
+            xs, ws = tf.shape(x), tf.shape(w)
+            top, bottom = _same_padding(xs[1], ws[0], stride)
+            left, right = _same_padding(xs[2], ws[1], stride)
+            padded = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+            dw = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+                input=padded,
+                filter_sizes=ws,
+                out_backprop=dy,
+                strides=strides,
+                padding="EXPLICIT",
+                explicit_paddings=[0] * 8,
+            )
+            return dx, dw
+
+        return tf.nn.depthwise_conv2d(x, w, strides, "SAME"), grad
+
+    return conv(x, w)
 
 
 def decayed(weight: tf.Tensor, rate: tf.Tensor | None) -> tf.Tensor:
@@ -236,7 +338,15 @@ class DynamicConv2D(keras.layers.Layer):
             b = take(own["bias"], [0], [out_ch]) if self.use_bias else None
         else:
             w, b = self.kernel, self.bias
-        y = tf.nn.conv2d(x, w, self.strides, "SAME")
+        if (
+            mode == "slice"
+            and self.kernel_size == 1
+            and self.strides == 1
+            and not tf.config.list_physical_devices("GPU")
+        ):
+            y = pointwise_conv(x, w)
+        else:
+            y = tf.nn.conv2d(x, w, self.strides, "SAME")
         if b is not None:
             y = y + b
         if mode == "mask":
@@ -302,6 +412,8 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
                 self.kernel.dtype,
             )
             w = self.kernel * (taps[:, None, None, None] * taps[None, :, None, None])
+        if mode == "slice" and not tf.config.list_physical_devices("GPU"):
+            return depthwise_conv2d_same(x, w, self.strides)
         return tf.nn.depthwise_conv2d(x, w, [1, self.strides, self.strides, 1], "SAME")
 
     def full_weights(self) -> dict[str, keras.Variable]:

@@ -41,8 +41,9 @@ MirroredStrategy needs a cross-replica reduction that cannot sit inside a
 nested graph, so then the children are unrolled in Python, one copy each.
 
 On a CPU host the children can run at the same time instead (`lanes`): the
-step holds one copy of the child pass per child, and child i runs in lane
-i mod lanes, after the child before it in its lane; the largest child's
+step holds one copy of the child pass per child, and each child runs in a
+lane (`assign_lanes`: by expected MACs, so the lanes end together), after
+the child before it in its lane; the largest child's
 logits are the only thing the others wait for (their loss), so the other
 lanes' forward passes overlap its pass. With one thread per op
 (`cpu_threads`), the lanes keep the cores busy with whole ops where the
@@ -76,6 +77,7 @@ from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from tensorflow.python.eager import context as tf_context
 
 from tf_bignas.data.device import network_images
+from tf_bignas.model.cost import macs as child_macs
 from tf_bignas.model.supernet import Supernet
 from tf_bignas.space import ArchConfig
 from tf_bignas.train import trace_cache
@@ -196,6 +198,48 @@ def lane_threads(lanes: int, cores: int | None = None) -> tuple[int, int]:
     """
     cores = cores or available_cores()
     return max(1, cores // max(1, lanes)), cores
+
+
+def assign_lanes(costs: Sequence[float], lanes: int) -> list[int]:
+    """The lane of each child: the costliest first, each to the least loaded lane.
+
+    Greedy longest-first scheduling on the children's expected costs, so the
+    lanes end together: with the largest, the smallest and two random
+    children in 2 lanes, the largest and the smallest share one lane and the
+    random ones the other (child i in lane i mod 2 put the largest with a
+    random child, and that lane was the step's critical path).
+
+    Args:
+        costs: Each child's expected cost (e.g. its MACs), in the step's order.
+        lanes: Lanes (>= 1).
+
+    Returns:
+        A lane index per child; ties go to the earlier child and the lower lane.
+    """
+    load = [0.0] * max(1, lanes)
+    lane = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        lane[i] = min(range(len(load)), key=lambda j: (load[j], j))
+        load[lane[i]] += costs[i]
+    return lane
+
+
+def expected_child_macs(net: Supernet, num_random: int, samples: int = 64) -> list[float]:
+    """The expected MACs of a step's children: largest, smallest, then each random one.
+
+    Args:
+        net: The supernet (its space and classes).
+        num_random: Random children per step.
+        samples: Random children drawn (fixed seeds) for their mean.
+
+    Returns:
+        2 + num_random floats.
+    """
+    space, nc, short = net.space, net.num_classes, net.stage_shortcuts
+    mean = float(np.mean([child_macs(space, space.sample(s), nc, short) for s in range(samples)]))
+    largest = child_macs(space, space.largest(), nc, short)
+    smallest = child_macs(space, space.smallest(), nc, short)
+    return [float(largest), float(smallest)] + [mean] * num_random
 
 
 def skip_idle_graph_passes() -> bool:
@@ -383,6 +427,11 @@ class SandwichStep:
                 f"lanes must be >= 1 (1 = the children one after another), got {lanes}"
             )
         self.lanes = min(int(lanes), self.sampler.num_children)
+        self.child_lane = (
+            assign_lanes(expected_child_macs(net, options.num_random), self.lanes)
+            if self.lanes > 1
+            else [0] * self.sampler.num_children
+        )
         self.unrolled = cross_replica or unroll_children or self.lanes > 1
         if cross_replica:
             self._child_fn = self._child_pass
@@ -847,17 +896,18 @@ class SandwichStep:
 
         if self.unrolled:
             # 1. The largest child on the labels; 2. the others on its soft
-            # labels. Child i runs in lane i mod lanes, after its lane's last
-            # child (the lanes run at the same time; the sum keeps its order).
-            lanes = self.lanes
+            # labels. Child i runs in lane `child_lane[i]`, after its lane's
+            # last child (the lanes run at the same time; the sum keeps its order).
+            lanes, lane = self.lanes, self.child_lane
             teacher_logits, loss, grads = child(0, smooth)
             targets = soft_labels(teacher_logits)
             losses = [loss]
-            ends = [[loss, *grads]] + [[] for _ in range(lanes - 1)]
+            ends = [[] for _ in range(lanes)]
+            ends[lane[0]] = [loss, *grads]
             for i in range(1, num_children):
-                with tf.control_dependencies(ends[i % lanes] if lanes > 1 else []):
+                with tf.control_dependencies(ends[lane[i]] if lanes > 1 else []):
                     _, loss_i, grads_i = child(i, targets)
-                ends[i % lanes] = [loss_i, *grads_i]
+                ends[lane[i]] = [loss_i, *grads_i]
                 losses.append(loss_i)
                 grads = [g + gi for g, gi in zip(grads, grads_i)]
             losses = tf.stack(losses)

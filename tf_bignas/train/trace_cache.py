@@ -171,6 +171,9 @@ class TraceKey:
             f"layout={keras.config.image_data_format()}",
             # Some of TensorFlow's Python picks other ops under op determinism.
             f"deterministic={op_determinism()}",
+            # The depthwise filter gradient's form depends on it
+            # (`tf_bignas.model.layers.depthwise_conv2d_same`).
+            f"gpu={bool(tf.config.list_physical_devices('GPU'))}",
             *settings,
             f"constants={constants!r}",
             "inputs=" + repr([(t.dtype.name, tuple(t.shape)) for t in flat]),
