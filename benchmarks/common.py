@@ -74,6 +74,23 @@ def matmul_gmacs(size: int = 2048, repeats: int = 5, parallel: int = 1) -> float
     return parallel * size**3 / best / 1e9
 
 
+def matmul_gmacs_on_cores(threads_per_op: int, cores: int) -> float:
+    """The matmul rate on all `cores`, as a step with `threads_per_op` runs its ops.
+
+    One matmul per `threads_per_op` cores, at once (children in lanes leave
+    cores to other ops); `threads_per_op` 0 (TensorFlow's default) or at
+    least `cores` is one matmul on all of them.
+
+    Args:
+        threads_per_op: The process's intra-op threads (0 = TensorFlow's default).
+        cores: Cores the process may run on.
+
+    Returns:
+        Multiply-adds per second / 1e9 (`matmul_gmacs`).
+    """
+    return matmul_gmacs(parallel=max(1, cores // (threads_per_op or cores)))
+
+
 def run_fresh(module: str, args: Sequence[str], label: str) -> dict[str, Any] | None:
     """Runs `python -m module *args` in a fresh process and reads what it measured.
 

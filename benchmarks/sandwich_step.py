@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from benchmarks.common import matmul_gmacs, timed
+from benchmarks.common import matmul_gmacs_on_cores, timed
 from tf_bignas.model import Supernet, cost
 from tf_bignas.model.slicing import extract_child
 from tf_bignas.run.optimizers import RMSpropTF
@@ -307,7 +307,7 @@ def main(argv: list[str]) -> None:
     # Machine reference and memory, in this process (matmul before and after the
     # rounds would bracket them; here once, right after).
     # On every core, as the step runs: one matmul per core that an op leaves free.
-    reference = matmul_gmacs(parallel=max(1, inter // _THREADS.value))
+    reference = matmul_gmacs_on_cores(_THREADS.value, inter)
     print(
         f"matmul rate (2048x2048 float32, this process): {reference:.1f} GMAC/s; "
         f"effective / matmul = {gmacs / reference:.3f}  (target >= 0.3)"

@@ -119,7 +119,7 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     import numpy as np
     import tensorflow as tf
 
-    from benchmarks.common import matmul_gmacs
+    from benchmarks.common import matmul_gmacs_on_cores
     from tf_bignas.model import Supernet, cost
     from tf_bignas.run.optimizers import RMSpropTF
     from tf_bignas.space import get_space
@@ -201,7 +201,7 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     rss = _rss_peak_mib()
     # On every core, as the step runs: one matmul per core that an op leaves free.
     cores = available_cores()
-    matmul = matmul_gmacs(parallel=max(1, cores // (intra or cores)))
+    matmul = matmul_gmacs_on_cores(intra, cores)
     return {
         "python_start_s": started - spawned_at,
         "import_s": imported - started,

@@ -23,9 +23,10 @@ average of the batch moments is accumulated for re-calibration).
 On a CPU-only host, slice mode computes two gradients in other forms than
 the stock ops, with the same forward ops (`depthwise_conv2d_same`: the
 depthwise filter gradient on TensorFlow's own kernel instead of oneDNN's;
-`pointwise_conv`: the 1x1 convolution gradients as matrix products), which
-the training step runs 1.2-1.3x faster for
-(`benchmarks/README.md`, "Convolution gradients in other forms").
+`pointwise_conv`: the 1x1 convolution gradients as matrix products); with
+lanes by cost, the default space's training step at 64 px took 0.79-0.92x
+the time it took before them (`benchmarks/README.md`, "Convolution
+gradients in other forms, lanes by cost").
 
 Initialisation follows EfficientNet (whose recipe BigNAS trains with):
 `conv_kernel_initializer()` for every convolution, depthwise ones included,
@@ -181,7 +182,7 @@ def depthwise_conv2d_same(x: tf.Tensor, w: tf.Tensor, stride: int) -> tf.Tensor:
     "EXPLICIT" (oneDNN's rewrite leaves that form alone). The input is
     padded here as "SAME" pads it and the op runs with explicit zero
     padding: the same sums, in another order. Per layer of the default
-    space, stock against this form: `python -m benchmarks.conv_kernels`.
+    space, stock against this form: `benchmarks/conv_kernels.py`.
 
     Args:
         x: [B, H, W, C] input.

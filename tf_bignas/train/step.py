@@ -204,10 +204,12 @@ def assign_lanes(costs: Sequence[float], lanes: int) -> list[int]:
     """The lane of each child: the costliest first, each to the least loaded lane.
 
     Greedy longest-first scheduling on the children's expected costs, so the
-    lanes end together: with the largest, the smallest and two random
-    children in 2 lanes, the largest and the smallest share one lane and the
-    random ones the other (child i in lane i mod 2 put the largest with a
-    random child, and that lane was the step's critical path).
+    lanes end close together: with the largest, the smallest and two random
+    children in 2 lanes at one resolution, the largest and the smallest
+    share one lane and the random ones the other. (Child i in lane i mod 2
+    put the largest with a random child: for the four children of
+    `benchmarks/sandwich_step.py` at 64 px, 644 against 470 ms of their
+    static steps, where this rule gives 605 against 509.)
 
     Args:
         costs: Each child's expected cost (e.g. its MACs), in the step's order.
