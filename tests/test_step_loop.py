@@ -134,8 +134,12 @@ def test_a_first_step_run_op_by_op_trains_what_the_compiled_step_trains(space, b
     # and the next steps read the next batches and draw the same children.
     for a, b in zip(losses_compiled[1:], losses_eager[1:]):
         np.testing.assert_allclose(a, b, rtol=1e-5)
+    # The BN betas start at zero and sit near 1e-6 after three steps; their
+    # gradients are sums that cancel, which the two orders round apart by up
+    # to 1.2e-6 since the convolution gradients run on other kernels (CI,
+    # 2026-12-07; 0.9e-6 in a lone run).
     for a, b in zip(compiled, eager):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
     keras.utils.set_random_seed(0)
     net = Supernet(space, num_classes=10, mode="mask")
     xla = SandwichStep(net, keras.optimizers.SGD(0.1), SandwichOptions(), BATCH, jit_compile=True)
