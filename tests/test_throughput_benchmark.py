@@ -34,28 +34,31 @@ def _figure(pattern: str, text: str) -> float:
     return float(match.group(1))
 
 
-def test_throughput_prints_first_step_rate_ratio_and_rss_from_a_fresh_process():
+def _run_benchmark(module: str, *flags: str) -> str:
+    """Runs `python -m module flags...` in a fresh process; its stdout (it must succeed)."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.throughput",
-            "--space=bignas_tiny",
-            "--resolutions=16",
-            "--batch_size=4",
-            "--num_classes=10",
-            "--steps=2",
-            "--threads=1",
-            "--lanes=2",
-        ],
+        [sys.executable, "-m", module, *flags],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
-    out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_throughput_prints_first_step_rate_ratio_and_rss_from_a_fresh_process():
+    out = _run_benchmark(
+        "benchmarks.throughput",
+        "--space=bignas_tiny",
+        "--resolutions=16",
+        "--batch_size=4",
+        "--num_classes=10",
+        "--steps=2",
+        "--threads=1",
+        "--lanes=2",
+    )
     assert "16 px" in out
     total = _figure(r"to first step\s+([\d.]+) s from process start", out)
     parts = [
@@ -103,25 +106,14 @@ def test_peer_reference_is_the_issues_measurement():
 
 
 def test_conv_kernels_times_every_convolution_in_both_forms():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.conv_kernels",
-            "--space=bignas_tiny",
-            "--resolution=16",
-            "--batch_size=2",
-            "--rounds=1",
-            "--repeats=1",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    out = _run_benchmark(
+        "benchmarks.conv_kernels",
+        "--space=bignas_tiny",
+        "--resolution=16",
+        "--batch_size=2",
+        "--rounds=1",
+        "--repeats=1",
     )
-    out = proc.stdout
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert _figure(r"matmul rate .*: ([\d.]+) GMAC/s", out) > 0
     for kind in ("depthwise", "1x1"):
         assert _figure(rf"{kind} convolutions, all: .* = ([\d.]+)", out) > 0
