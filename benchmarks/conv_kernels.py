@@ -1,21 +1,26 @@
-"""The step's convolutions: the stock ops against the forms the supernet runs.
+"""The step's convolutions and swishes: the stock ops against the forms the supernet runs.
 
-In slice mode on a CPU-only host the supernet runs two of its convolutions in
-other forms than the stock ops (`tf_bignas.model.layers`):
+In slice mode on a CPU-only host the supernet runs two of its convolutions
+and its swish activations with other gradients than the stock ops
+(`tf_bignas.model.layers`; the forward ops are the stock ones):
 
-- a depthwise convolution's filter gradient through TensorFlow's own kernel
-  (`depthwise_conv2d_same`), where the stock gradient runs oneDNN's, which
-  takes a depthwise kernel larger than 3x3 as a grouped convolution on
+- a depthwise convolution's filter gradient through a native kernel
+  (`tf_bignas.model.native`), or where that does not build TensorFlow's own
+  kernel (`depthwise_conv2d_same`), where the stock gradient runs oneDNN's,
+  which takes a depthwise kernel larger than 3x3 as a grouped convolution on
   dense 16x16 channel blocks;
-- a 1x1 convolution as one matrix product (`pointwise_conv`).
+- a 1x1 convolution's gradients as matrix products (`pointwise_conv`);
+- swish's gradient as one native kernel (`swish_native_grad`), where the
+  stock one is six element-wise ops.
 
 This benchmark times, interleaved in one process, the forward and backward
-pass (input and weight gradients) of every depthwise and 1x1 convolution of
-the space's largest child at one resolution, each depthwise one at every
-kernel size of its stage, in the stock form and in the supernet's, and
-prints the ratios (stock / supernet's) per layer and over all of them, with
-this process's matmul rate beside the absolute times. On one thread per op,
-as training runs its children in two lanes on two cores:
+pass of every depthwise and 1x1 convolution of the space's largest child at
+one resolution (each depthwise one at every kernel size of its stage) and of
+its swishes (x -> swish(x) * w, w one scale per channel, so that both have a
+weight gradient), in the stock form and in the supernet's, and prints the
+ratios (stock / supernet's) per layer and over each kind, with this
+process's matmul rate beside the absolute times. On one thread per op, as
+training runs its children in two lanes on two cores:
 
     python -m benchmarks.conv_kernels --threads=1
 """
@@ -54,7 +59,7 @@ def main(argv: list[str]) -> None:
     del argv
     import tensorflow as tf
 
-    from tf_bignas.model.layers import depthwise_conv2d_same, pointwise_conv
+    from tf_bignas.model.layers import depthwise_conv2d_same, pointwise_conv, swish_native_grad
     from tf_bignas.model.netplan import net_plan
     from tf_bignas.space import get_space
 
@@ -93,6 +98,16 @@ def main(argv: list[str]) -> None:
             ours = fwd_bwd(lambda x, w, s=s: depthwise_conv2d_same(x, w, s))
             label = f"{blk.name} dw {k}x{k}/{s} {blk.in_res}px {blk.mid_ch}ch"
             cases.append(("depthwise", label, stock, ours, args))
+        # The swishes after the expand conv (if any) and after the depthwise one.
+        for res in ([blk.in_res] if blk.expand else []) + [blk.out_res]:
+            args = (
+                normal(b, res, res, blk.mid_ch),
+                normal(1, 1, 1, blk.mid_ch),
+                normal(b, res, res, blk.mid_ch),
+            )
+            stock = fwd_bwd(lambda x, w: tf.nn.silu(x) * w)
+            ours = fwd_bwd(lambda x, w: swish_native_grad(x) * w)
+            cases.append(("swish", f"{blk.name} swish {res}px {blk.mid_ch}ch", stock, ours, args))
         convs = [(blk.out_res, blk.mid_ch, blk.out_ch, "project")]
         if blk.expand:
             convs.insert(0, (blk.in_res, blk.in_ch, blk.mid_ch, "expand"))
@@ -140,7 +155,7 @@ def main(argv: list[str]) -> None:
         )
     for kind, (stock, ours) in totals.items():
         print(
-            f"{kind} convolutions, all: stock {stock:.1f} ms, supernet's {ours:.1f} ms, "
+            f"{kind}, all: stock {stock:.1f} ms, supernet's {ours:.1f} ms, "
             f"stock / supernet's = {stock / ours:.2f}"
         )
 

@@ -27,8 +27,13 @@ during the largest child's static step (above what was held before the call:
 activations, gradients, workspace), and their ratio: from TensorFlow's CPU
 allocator where the build keeps its statistics, else from the process's peak
 RSS (`peak_bytes`). With `--profile`, a TensorFlow profiler trace of a few sandwich steps,
-summed by op type: the top ops by time.
+summed by op type: the top ops by time. With `--compare_native`, each round
+also times the same sandwich step of a second supernet with the same weights
+and `native_kernels=False` (the depthwise filter and swish gradients on
+TensorFlow's ops instead of `tf_bignas.model.native`'s kernels), and the
+ratio of the two is printed:
 
+    python -m benchmarks.sandwich_step --resolution=64 --rounds=6 --lanes=2 --threads=1 --compare_native
     python -m benchmarks.sandwich_step --resolution=64 --batch_size=32 --threads=2
     python -m benchmarks.sandwich_step --resolution=128 --rounds=3 --profile
     python -m benchmarks.sandwich_step --resolution=64 --lanes=2 --threads=1 --profile
@@ -54,6 +59,7 @@ from absl import app, flags
 
 from benchmarks.common import matmul_gmacs_on_cores, timed
 from tf_bignas.model import Supernet, cost
+from tf_bignas.model.native import native_ops
 from tf_bignas.model.slicing import extract_child
 from tf_bignas.run.optimizers import RMSpropTF
 from tf_bignas.space import ArchConfig, get_space
@@ -82,11 +88,19 @@ _BREAKDOWN = flags.DEFINE_bool(
     "breakdown", False, "Also time bare supernet passes (where the overhead goes)."
 )
 _PROFILE = flags.DEFINE_bool("profile", False, "Profile sandwich steps: top ops by time.")
+_COMPARE_NATIVE = flags.DEFINE_bool(
+    "compare_native",
+    False,
+    "Also time the same sandwich step of a supernet with the same weights and "
+    "native_kernels=False (TensorFlow's ops for the depthwise filter and swish gradients), "
+    "interleaved, and print the ratio.",
+)
 _UNROLL = flags.DEFINE_bool(
     "unroll", False, "Unrolled children (one inlined copy each) instead of the children's loop."
 )
 
 _NAMES = ("largest", "smallest", "random0", "random1")
+_TF_OPS = "sandwich step, TensorFlow's gradient ops"
 
 
 def _static_step(
@@ -261,6 +275,18 @@ def main(argv: list[str]) -> None:
         )
     if _BREAKDOWN.value:
         variants.update(_breakdown_fns(net, children, images, one_hot))
+    if _COMPARE_NATIVE.value:
+        tf_net = Supernet(space, num_classes=nc, native_kernels=False)
+        tf_net.set_weights(net.get_weights())
+        tf_step = SandwichStep(
+            tf_net,
+            RMSpropTF(learning_rate=1e-4, rho=0.9, momentum=0.9, epsilon=1e-3),
+            options,
+            global_batch_size=bs,
+            unroll_children=_UNROLL.value,
+            lanes=lanes,
+        )
+        variants[_TF_OPS] = lambda: tf_step(batch, children, 0)["losses"]
 
     print(
         f"tf {tf.__version__}, {os.cpu_count()} CPUs, {_THREADS.value} threads per op, "
@@ -298,6 +324,13 @@ def main(argv: list[str]) -> None:
     print(
         f"ratio sandwich / sum of static (medians): {sandwich / static_sum:.3f}  (target <= 1.10)"
     )
+    if _TF_OPS in times:
+        per_round = np.asarray(times[_TF_OPS]) / np.asarray(times["sandwich"])
+        print(
+            f"{_TF_OPS} / sandwich step: {med[_TF_OPS] / sandwich:.3f} (medians), "
+            f"{float(np.median(per_round)):.3f} (median of per-round ratios); native "
+            f"kernels: {native_ops().reason or 'built and checked'}"
+        )
     print(f"ratio, median of per-round ratios:        {float(np.median(per_round)):.3f}")
     print(
         f"throughput: {gmacs:.2f} GMAC/s (sum of MACs x 3 x batch / step), {bs / sandwich:.1f} img/s"

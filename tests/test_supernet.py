@@ -9,7 +9,8 @@ from supernet_testutil import randomize_weights
 
 from tf_bignas.data import build_train_dataset
 from tf_bignas.model import BNStatsStore, Supernet
-from tf_bignas.model.layers import depthwise_conv2d_same, pointwise_conv
+from tf_bignas.model.layers import depthwise_conv2d_same, pointwise_conv, swish_native_grad
+from tf_bignas.model.native import native_ops
 from tf_bignas.space import InvalidArchError, SearchSpace, StageSpec, get_space
 
 
@@ -66,9 +67,20 @@ def _stock_and_ours(stock, ours, stride, in_cond):
     return run
 
 
-def _check_gradients(got, stock_dx_exact):
+def _op_types(run):
+    """The op types of a `_stock_and_ours` function's graph, its gradients' included."""
+    assert native_ops().library is not None, native_ops().reason
+    graph = run.get_concrete_function().graph.as_graph_def()
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    return {n.op for n in nodes}
+
+
+def _check_gradients(got, stock_dx_exact, same_forward=True):
     (y0, dx0, dw0), (y1, dx1, dw1) = ([t.numpy() for t in got[n]] for n in ("stock", "ours"))
-    np.testing.assert_array_equal(y1, y0)  # the same forward op
+    if same_forward:
+        np.testing.assert_array_equal(y1, y0)  # the same forward op
+    else:  # the same function, fused or not by Grappler
+        np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-6)
     for a, b in ((dx1, dx0), (dw1, dw0)):
         assert a.shape == b.shape and np.abs(b).max() > 0
         if stock_dx_exact and a is dx1:
@@ -92,6 +104,7 @@ def test_depthwise_filter_gradient_is_the_stock_one(stride, in_cond):
         kernel = tf.constant(rng.normal(size=(k, k, c, 1)), tf.float32)
         dy = tf.constant(rng.normal(size=(3, -(-h // stride), -(-w // stride), c)), tf.float32)
         _check_gradients(run(x, kernel, dy), stock_dx_exact=True)
+    assert "BignasDepthwiseFilterGrad" in _op_types(run)  # the native kernel was checked
 
 
 @pytest.mark.parametrize("in_cond", [False, True])
@@ -103,6 +116,23 @@ def test_pointwise_gradients_are_the_stock_ones(in_cond):
         kernel = tf.constant(rng.normal(size=(1, 1, c, n)), tf.float32)
         dy = tf.constant(rng.normal(size=(3, h, w, n)), tf.float32)
         _check_gradients(run(x, kernel, dy), stock_dx_exact=False)
+
+
+@pytest.mark.parametrize("in_cond", [False, True])
+def test_native_swish_gradient_is_the_stock_one(in_cond):
+    # The reference is TensorFlow's autodiff of x * sigmoid(x): `tf.nn.silu`'s own
+    # custom gradient meets the unfed-placeholder bug in a `tf.cond` branch.
+    run = _stock_and_ours(
+        lambda x, w: x * tf.sigmoid(x) * w, lambda x, w: swish_native_grad(x) * w, 1, in_cond
+    )
+    rng = np.random.default_rng(1)
+    # The last shape spans several of the kernel's 2048-element blocks and threads.
+    for shape in [(3, 7, 7, 5), (3, 1, 1, 8), (2, 33, 31, 96)]:
+        x = tf.constant(4 * rng.normal(size=shape), tf.float32)
+        scale = tf.constant(rng.normal(size=(1, 1, 1, shape[3])), tf.float32)
+        dy = tf.constant(rng.normal(size=shape), tf.float32)
+        _check_gradients(run(x, scale, dy), stock_dx_exact=False, same_forward=False)
+    assert "BignasSwishGrad" in _op_types(run)
 
 
 def test_mask_mode_under_xla_matches_slice_mode(space):

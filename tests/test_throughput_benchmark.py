@@ -105,7 +105,7 @@ def test_peer_reference_is_the_issues_measurement():
     assert 0.20 / 1.25 <= peer[128] <= 0.20 / 1.16
 
 
-def test_conv_kernels_times_every_convolution_in_both_forms():
+def test_conv_kernels_times_every_convolution_and_swish_in_both_forms():
     out = _run_benchmark(
         "benchmarks.conv_kernels",
         "--space=bignas_tiny",
@@ -115,8 +115,8 @@ def test_conv_kernels_times_every_convolution_in_both_forms():
         "--repeats=1",
     )
     assert _figure(r"matmul rate .*: ([\d.]+) GMAC/s", out) > 0
-    for kind in ("depthwise", "1x1"):
-        assert _figure(rf"{kind} convolutions, all: .* = ([\d.]+)", out) > 0
+    for kind in ("depthwise", "1x1", "swish"):
+        assert _figure(rf"{kind}, all: .* = ([\d.]+)", out) > 0
     # Every kernel size of the tiny space's first stage, and a head conv.
     assert "s1l1 dw 3x3/2 16px" in out and "s1l1 dw 5x5/2 16px" in out, out
-    assert "head " in out
+    assert "head " in out and "s1l1 swish 8px" in out

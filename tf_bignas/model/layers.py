@@ -20,13 +20,15 @@ statistics of the active child, see `Supernet.load_bn_stats`), and
 ``"calibrate"`` (batch statistics for the output, while an exact cumulative
 average of the batch moments is accumulated for re-calibration).
 
-On a CPU-only host, slice mode computes two gradients in other forms than
+On a CPU-only host, slice mode computes three gradients in other forms than
 the stock ops, with the same forward ops (`depthwise_conv2d_same`: the
-depthwise filter gradient on TensorFlow's own kernel instead of oneDNN's;
-`pointwise_conv`: the 1x1 convolution gradients as matrix products); with
-lanes by cost, the default space's training step at 64 px took 0.79-0.92x
-the time it took before them (`benchmarks/README.md`, "Convolution
-gradients in other forms, lanes by cost").
+depthwise filter gradient on a native kernel, `native.native_ops`, or
+TensorFlow's own kernel, instead of oneDNN's; `pointwise_conv`: the 1x1
+convolution gradients as matrix products; `swish_native_grad`: the swish
+gradient as one native kernel instead of six element-wise ops). With lanes
+by cost, the first two made the default space's training step at 64 px
+0.79-0.92x as long (`benchmarks/README.md`, "Convolution gradients in other
+forms, lanes by cost"); for the native kernels, see "Native kernels".
 
 Initialisation follows EfficientNet (whose recipe BigNAS trains with):
 `conv_kernel_initializer()` for every convolution, depthwise ones included,
@@ -43,6 +45,8 @@ from collections.abc import Mapping
 
 import keras
 import tensorflow as tf
+
+from tf_bignas.model.native import native_ops
 
 MODES = ("slice", "mask")
 BN_MODES = ("batch", "stored", "calibrate")
@@ -84,12 +88,18 @@ def channel_mask(n: tf.Tensor, size: int, dtype: tf.DType = tf.float32) -> tf.Te
     return tf.cast(tf.range(size) < tf.cast(n, tf.int32), dtype)
 
 
-def activation(x: tf.Tensor, name: str) -> tf.Tensor:
+def cpu_gradients(mode: str) -> bool:
+    """Whether layers in `mode` use this module's own gradients: slice mode with no GPU visible."""
+    return mode == "slice" and not tf.config.list_physical_devices("GPU")
+
+
+def activation(x: tf.Tensor, name: str, native_grad: bool = False) -> tf.Tensor:
     """Applies "swish", "relu" or "hswish" (x * relu6(x + 3) / 6).
 
     Args:
         x: Input tensor.
         name: Activation name.
+        native_grad: Swish only: its gradient from `swish_native_grad`.
 
     Returns:
         The activated tensor.
@@ -98,12 +108,49 @@ def activation(x: tf.Tensor, name: str) -> tf.Tensor:
         ValueError: For an unknown activation.
     """
     if name == "swish":
-        return tf.nn.silu(x)
+        return swish_native_grad(x) if native_grad else tf.nn.silu(x)
     if name == "relu":
         return tf.nn.relu(x)
     if name == "hswish":
         return x * tf.nn.relu6(x + 3.0) / 6.0
     raise ValueError(f"unknown activation {name!r}; allowed: swish, relu, hswish")
+
+
+def swish_native_grad(x: tf.Tensor) -> tf.Tensor:
+    """`tf.nn.silu(x)` whose gradient is one native kernel where this machine builds it.
+
+    The forward pass is `tf.nn.silu` itself (the same graph for Grappler to
+    fuse, so the same values as before in op-by-op and compiled steps). The
+    gradient, dy * s * (1 + x *
+    (1 - s)) with s = sigmoid(x), is `BignasSwishGrad` (`native.native_ops`:
+    one pass over x and dy) for float32, else, or where the kernel does not
+    build, TensorFlow's ops in the order `tf.nn.silu`'s gradient uses.
+
+    Args:
+        x: Input tensor.
+
+    Returns:
+        x * sigmoid(x).
+    """
+
+    # Loaded (or built) now, while the forward pass is traced: loading it while
+    # a `tf.cond` branch's gradient is traced left that gradient an unfed
+    # placeholder (TF 2.21).
+    library = native_ops().library if x.dtype == tf.float32 else None
+
+    @tf.custom_gradient
+    def swish(x: tf.Tensor):
+        x = tf.identity(x)  # See `depthwise_conv2d_same`.
+
+        def grad(dy: tf.Tensor) -> tf.Tensor:
+            if library is not None:
+                return library.bignas_swish_grad(dy, x)
+            s = tf.sigmoid(x)
+            return dy * (s * (1.0 + x * (1.0 - s)))
+
+        return tf.nn.silu(x), grad
+
+    return swish(x)
 
 
 def keras_activation(name: str) -> str:
@@ -170,29 +217,37 @@ def _same_padding(size: tf.Tensor, kernel: tf.Tensor, stride: int) -> tuple[tf.T
     return total // 2, total - total // 2
 
 
-def depthwise_conv2d_same(x: tf.Tensor, w: tf.Tensor, stride: int) -> tf.Tensor:
-    """`tf.nn.depthwise_conv2d(x, w, stride, "SAME")` whose filter gradient runs TF's own CPU kernel.
+def depthwise_conv2d_same(
+    x: tf.Tensor, w: tf.Tensor, stride: int, native: bool = True
+) -> tf.Tensor:
+    """`tf.nn.depthwise_conv2d(x, w, stride, "SAME")` whose filter gradient runs another CPU kernel.
 
     The forward pass and the input gradient are the stock ops (oneDNN's
     kernels on x86). Only the filter gradient changes: oneDNN runs a
     depthwise filter gradient with a kernel larger than 3x3 (and small maps
     with many channels) as a grouped convolution on dense 16x16 channel
-    blocks, several times slower on one thread than TensorFlow's own
-    depthwise kernel, which the op selects when its padding is given as
-    "EXPLICIT" (oneDNN's rewrite leaves that form alone). The input is
-    padded here as "SAME" pads it and the op runs with explicit zero
-    padding: the same sums, in another order. Per layer of the default
-    space, stock against this form: `benchmarks/conv_kernels.py`.
+    blocks, several times slower on one thread than the alternatives. Where
+    this machine builds them (`native.native_ops`), the gradient is
+    `BignasDepthwiseFilterGrad`, which reads the input in place (no padded
+    copy) and sums each output row's products in vector registers. Else it
+    is TensorFlow's own depthwise kernel, which the op selects when its
+    padding is given as "EXPLICIT" (oneDNN's rewrite leaves that form
+    alone): the input is padded here as "SAME" pads it and the op runs with
+    explicit zero padding. Either way the same sums, in another order. Per
+    layer of the default space: `benchmarks/conv_kernels.py`.
 
     Args:
         x: [B, H, W, C] input.
         w: [k, k, C, 1] kernel.
         stride: Stride of both spatial axes.
+        native: Use the native kernel where it builds; False: TensorFlow's.
 
     Returns:
         [B, ceil(H / stride), ceil(W / stride), C].
     """
     strides = [1, stride, stride, 1]
+    # See `swish_native_grad` for why the library is loaded here.
+    library = native_ops().library if native and x.dtype == tf.float32 else None
 
     @tf.custom_gradient
     def conv(x: tf.Tensor, w: tf.Tensor):
@@ -206,6 +261,9 @@ def depthwise_conv2d_same(x: tf.Tensor, w: tf.Tensor, stride: int) -> tf.Tensor:
                 input_sizes=tf.shape(x), filter=w, out_backprop=dy, strides=strides, padding="SAME"
             )
             xs, ws = tf.shape(x), tf.shape(w)
+            if library is not None:
+                dw = library.bignas_depthwise_filter_grad(x, dy, ws[0], stride=stride)
+                return dx, tf.reshape(dw, ws)
             top, bottom = _same_padding(xs[1], ws[0], stride)
             left, right = _same_padding(xs[2], ws[1], stride)
             padded = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
@@ -339,12 +397,7 @@ class DynamicConv2D(keras.layers.Layer):
             b = take(own["bias"], [0], [out_ch]) if self.use_bias else None
         else:
             w, b = self.kernel, self.bias
-        if (
-            mode == "slice"
-            and self.kernel_size == 1
-            and self.strides == 1
-            and not tf.config.list_physical_devices("GPU")
-        ):
+        if self.kernel_size == 1 and self.strides == 1 and cpu_gradients(mode):
             y = pointwise_conv(x, w)
         else:
             y = tf.nn.conv2d(x, w, self.strides, "SAME")
@@ -387,6 +440,7 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
         in_ch: tf.Tensor | None = None,
         decay: tf.Tensor | None = None,
         weights: Mapping[str, tf.Tensor] | None = None,
+        native: bool = True,
     ) -> tf.Tensor:
         """Applies the centre `kernel_size` x `kernel_size` taps to the input's channels.
 
@@ -397,6 +451,8 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
             in_ch: C when the caller knows it (slice mode); read from x if None.
             decay: Slice mode: weight decay of the used kernel slice (`decayed`).
             weights: Slice mode: the full "kernel" to use instead of this layer's own.
+            native: Slice mode on a CPU-only host: the filter gradient on the
+                native kernel where it builds (`depthwise_conv2d_same`).
 
         Returns:
             [B, H', W', C].
@@ -413,8 +469,8 @@ class DynamicDepthwiseConv2D(keras.layers.Layer):
                 self.kernel.dtype,
             )
             w = self.kernel * (taps[:, None, None, None] * taps[None, :, None, None])
-        if mode == "slice" and not tf.config.list_physical_devices("GPU"):
-            return depthwise_conv2d_same(x, w, self.strides)
+        if cpu_gradients(mode):
+            return depthwise_conv2d_same(x, w, self.strides, native=native)
         return tf.nn.depthwise_conv2d(x, w, [1, self.strides, self.strides, 1], "SAME")
 
     def full_weights(self) -> dict[str, keras.Variable]:

@@ -67,6 +67,7 @@ from tf_bignas.model.layers import (
     DynamicDense,
     DynamicDepthwiseConv2D,
     activation,
+    cpu_gradients,
 )
 from tf_bignas.model.netplan import (
     BlockPlan,
@@ -136,6 +137,7 @@ def run_ops(
     active: tf.Tensor | None = None,
     decay: tf.Tensor | None = None,
     weights: Callable[[str], Mapping[str, tf.Tensor]] | None = None,
+    native: bool = True,
 ) -> tf.Tensor:
     """Runs a list of ops (a block, the stem, the head up to pooling) for one child.
 
@@ -154,6 +156,8 @@ def run_ops(
         weights: Slice mode: op name -> the full weights its layer uses
             instead of its own (`Supernet` traces a block once for every
             block of the same shape); None for the layers' own.
+        native: Slice mode on a CPU-only host: the depthwise filter and swish
+            gradients on the native kernels where they build (`native`).
 
     Returns:
         The output of the last op.
@@ -174,11 +178,13 @@ def run_ops(
                 h, widths[op.width], mode=mode, in_ch=in_ch, decay=decay, weights=own
             )
         elif kind == "dwconv":
-            y = layers(op.name)(h, kernel, mode=mode, in_ch=in_ch, decay=decay, weights=own)
+            y = layers(op.name)(
+                h, kernel, mode=mode, in_ch=in_ch, decay=decay, weights=own, native=native
+            )
         elif kind == "bn":
             y = layers(op.name)(h, bn_mode=bn_mode, mode=mode, ch=widths[op.width], weights=own)
         elif kind == "act":
-            y = activation(h, op.function)
+            y = activation(h, op.function, native_grad=native and cpu_gradients(mode))
         elif kind == "se_pool":
             y = tf.reduce_mean(h, axis=[1, 2], keepdims=True)
         elif kind == "global_pool":
@@ -252,6 +258,7 @@ class MBConvBlock(keras.layers.Layer):
         mode: str,
         active: tf.Tensor | None = None,
         decay: tf.Tensor | None = None,
+        native: bool = True,
     ) -> tf.Tensor:
         """Runs the block for one child.
 
@@ -265,12 +272,15 @@ class MBConvBlock(keras.layers.Layer):
             mode: "slice" or "mask".
             active: Mask mode only: 1.0 if the layer is active, 0.0 to skip it.
             decay: Slice mode: weight decay of the kernel slices used, or None.
+            native: The native gradient kernels where they build (`run_ops`).
 
         Returns:
             The block output.
         """
         widths = {"mid": mid_ch, "se": se_ch, "out": out_ch}
-        return run_ops(self.ops, self.op_layer, x, widths, kernel, bn_mode, mode, active, decay)
+        return run_ops(
+            self.ops, self.op_layer, x, widths, kernel, bn_mode, mode, active, decay, native=native
+        )
 
 
 class Supernet(keras.Model):
@@ -285,6 +295,10 @@ class Supernet(keras.Model):
         synchronized_bn: Batch statistics over all replicas.
         dropout_rate: Dropout before the classifier, applied when `dropout=True`.
         bn_epsilon: BN epsilon.
+        native_kernels: Slice mode on a CPU-only host: the depthwise filter and
+            swish gradients on native kernels (`tf_bignas.model.native`; built
+            on first use, TensorFlow's ops where they do not build); False:
+            TensorFlow's ops always.
         name: Model name.
 
     Raises:
@@ -302,6 +316,7 @@ class Supernet(keras.Model):
         synchronized_bn: bool = False,
         dropout_rate: float = 0.2,
         bn_epsilon: float = 1e-3,
+        native_kernels: bool = True,
         name: str = "supernet",
     ) -> None:
         super().__init__(name=name)
@@ -315,6 +330,7 @@ class Supernet(keras.Model):
         self.synchronized_bn = synchronized_bn
         self.dropout_rate = dropout_rate
         self.bn_epsilon = bn_epsilon
+        self.native_kernels = native_kernels
         self.bn_stats = BNStatsStore()
         self.max_plan: NetPlan = net_plan(space, space.largest(), num_classes, stage_shortcuts)
         mp = self.max_plan
@@ -464,8 +480,17 @@ class Supernet(keras.Model):
             and not tf.executing_eagerly()
         )
         stem_widths = {"stem": widths[0]}
+        native = self.native_kernels
         x = run_ops(
-            self.stem_ops, self.op_layer, images, stem_widths, None, bn_mode, mode, decay=decay
+            self.stem_ops,
+            self.op_layer,
+            images,
+            stem_widths,
+            None,
+            bn_mode,
+            mode,
+            decay=decay,
+            native=native,
         )
         for i, blk in enumerate(self.blocks):
             p = blk.plan
@@ -477,6 +502,7 @@ class Supernet(keras.Model):
                 bn_mode=bn_mode,
                 mode=mode,
                 decay=decay,
+                native=native,
             )
             if shared and p.index > 0 and max(self.space.stages[p.stage].depths) > 2:
                 run = lambda x, blk=blk, kw=kwargs: self._shared_block(blk, x, kw)  # noqa: E731
@@ -493,7 +519,15 @@ class Supernet(keras.Model):
                 x = blk(x, active=active, **kwargs)
         pooled = [op for op in self.head_ops if op.kind not in ("dropout", "dense")]
         x = run_ops(
-            tuple(pooled), self.op_layer, x, {"head": widths[-1]}, None, bn_mode, mode, decay=decay
+            tuple(pooled),
+            self.op_layer,
+            x,
+            {"head": widths[-1]},
+            None,
+            bn_mode,
+            mode,
+            decay=decay,
+            native=native,
         )
         if isinstance(dropout, tf.Tensor) and training and self.dropout_rate > 0:
             if dropout_seed is None:
@@ -541,6 +575,7 @@ class Supernet(keras.Model):
                     "slice",
                     decay=decay,
                     weights=by_name.__getitem__,
+                    native=self.native_kernels,
                 )
 
             fns[key] = (tf.function(body, autograph=False, reduce_retracing=True), blk)
@@ -674,6 +709,7 @@ class Supernet(keras.Model):
             "synchronized_bn": self.synchronized_bn,
             "dropout_rate": self.dropout_rate,
             "bn_epsilon": self.bn_epsilon,
+            "native_kernels": self.native_kernels,
         }
 
     @classmethod

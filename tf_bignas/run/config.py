@@ -93,6 +93,7 @@ def build_supernet(
         synchronized_bn=m.synchronized_bn,
         dropout_rate=m.dropout_rate,
         bn_epsilon=m.bn_epsilon,
+        native_kernels=config.runtime.native_kernels,
     )
 
 

@@ -711,7 +711,7 @@ class SandwichStep:
             f"mode={net.mode} zero_init={net.zero_init_last_bn} "
             f"shortcuts={net.stage_shortcuts} sync_bn={net.synchronized_bn} "
             f"dropout={net.dropout_rate} eps={net.bn_epsilon} "
-            f"shared_blocks={net.share_block_traces}",
+            f"shared_blocks={net.share_block_traces} native={net.native_kernels}",
             f"optimizer={type(self.optimizer).__qualname__} "
             f"{sorted(self.optimizer.get_config().items())!r}",
             f"iterator={getattr(iterator, 'element_spec', None)!r}",

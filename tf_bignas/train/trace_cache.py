@@ -58,6 +58,7 @@ from tensorflow.core.framework import function_pb2
 from tensorflow.python.eager import context
 
 from tf_bignas.common.files import atomic_write_bytes, atomic_write_json
+from tf_bignas.model.native import native_ops
 from tf_bignas.train.graph_cache import op_determinism
 
 #: Sub-directory of the cache root that holds the traces.
@@ -108,7 +109,7 @@ def _source_digest(files: dict[str, str]) -> str:
 
 
 def _sources(objects: Sequence[object]) -> dict[str, str]:
-    """Every .py file of the tf_bignas package and the modules that define `objects`' classes.
+    """Every .py and .cc file of the tf_bignas package and the modules that define `objects`' classes.
 
     Returns:
         Name (a path inside the package, or a module's name) -> file path.
@@ -118,7 +119,7 @@ def _sources(objects: Sequence[object]) -> dict[str, str]:
         os.path.relpath(os.path.join(d, name), package): os.path.join(d, name)
         for d, _, names in os.walk(package)
         for name in names
-        if name.endswith(".py")
+        if name.endswith((".py", ".cc"))
     }
     for obj in objects:
         for cls in type(obj).__mro__:
@@ -164,6 +165,7 @@ class TraceKey:
         Returns:
             The key.
         """
+        gpu = bool(tf.config.list_physical_devices("GPU"))
         lines = [
             f"format={FORMAT}",
             f"tf={tf.__version__} git={tf.__git_version__} keras={keras.__version__}",
@@ -173,7 +175,9 @@ class TraceKey:
             f"deterministic={op_determinism()}",
             # The depthwise filter gradient's form depends on it
             # (`tf_bignas.model.layers.depthwise_conv2d_same`).
-            f"gpu={bool(tf.config.list_physical_devices('GPU'))}",
+            f"gpu={gpu}",
+            # Whether this host has the native gradient kernels (`tf_bignas.model.native`).
+            f"native_built={not gpu and native_ops().library is not None}",
             *settings,
             f"constants={constants!r}",
             "inputs=" + repr([(t.dtype.name, tuple(t.shape)) for t in flat]),

@@ -1,0 +1,236 @@
+"""The native kernels: build, cache, check, results, and every way they can be missing."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_bignas.model import layers, native
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BUILD = (
+    "import json, sys\n"
+    "from tf_bignas.model import native\n"
+    "ops = native.build_native_ops(cache_dir=sys.argv[1])\n"
+    "check = native.self_check(ops.library) if ops.library else None\n"
+    "print(json.dumps([ops.path, ops.reason, ops.built, check]))\n"
+)
+
+
+def _build_in_a_new_process(cache):
+    """`build_native_ops(cache)` in a fresh process: TensorFlow registers an op once per process."""
+    out = subprocess.run(
+        [sys.executable, "-c", _BUILD, cache], capture_output=True, text=True, check=True, cwd=_ROOT
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A fresh build into an empty cache folder, and this process's library."""
+    cache = str(tmp_path_factory.mktemp("native_cache"))
+    return cache, _build_in_a_new_process(cache), native.native_ops().library
+
+
+def _stock_grad(x, dy):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.nn.silu(x)
+    return tape.gradient(y, x, output_gradients=dy)
+
+
+def test_a_build_into_an_empty_cache_compiles_and_passes_its_check(built):
+    cache, (path, reason, was_built, check), _ = built
+    assert reason == "" and was_built
+    assert os.path.dirname(path) == cache and os.path.isfile(path)
+    # Only the library: the temporary file it was written under is gone.
+    assert os.listdir(cache) == [os.path.basename(path)]
+    assert check <= native.SELF_CHECK_TOLERANCE
+
+
+def test_this_process_has_the_kernels_and_their_check_passes(built):
+    ops = native.native_ops()
+    assert ops.library is not None, ops.reason
+    assert native.self_check(ops.library) <= native.SELF_CHECK_TOLERANCE
+
+
+def test_a_second_file_of_the_same_ops_is_refused_with_the_reason(built):
+    cache, (path, _, _, _), _ = built
+    assert path != native.native_ops().path  # the test build is a copy of its own
+    script = (
+        "import sys\n"
+        "from tf_bignas.model import native\n"
+        "assert native.native_ops().library is not None\n"
+        "print(native.build_native_ops(cache_dir=sys.argv[1]).reason)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, cache], capture_output=True, text=True, check=True, cwd=_ROOT
+    )
+    assert "another file registered them in this process" in out.stdout
+
+
+def test_the_kernel_computes_the_stock_gradient(built):
+    library = built[2]
+    rng = np.random.default_rng(0)
+    # Empty, one element, a part block, several blocks and threads.
+    for shape in [(0, 3), (1,), (5, 7), (4, 33, 29, 40)]:
+        x = tf.constant(6 * rng.normal(size=shape), tf.float32)
+        dy = tf.constant(rng.normal(size=shape), tf.float32)
+        got = library.bignas_swish_grad(dy, x).numpy()
+        want = _stock_grad(x, dy).numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+    # Saturated inputs: the gradient is dy above, 0 below.
+    x = tf.constant([-200.0, -88.0, 88.0, 200.0])
+    np.testing.assert_allclose(
+        library.bignas_swish_grad(tf.ones(4), x).numpy(), [0, 0, 1, 1], atol=1e-6
+    )
+
+
+def test_the_kernel_rejects_mismatched_shapes(built):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same shape"):
+        built[2].bignas_swish_grad(tf.ones([2, 3]), tf.ones([3, 2]))
+
+
+def _stock_filter_grad(x, dy, k, stride):
+    return tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+        input=x,
+        filter_sizes=[k, k, x.shape[3], 1],
+        out_backprop=dy,
+        strides=[1, stride, stride, 1],
+        padding="SAME",
+    )
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_depthwise_kernel_computes_the_stock_filter_gradient(built, stride):
+    library = built[2]
+    rng = np.random.default_rng(stride)
+    # Channels: every vector width (16, 8, 4, 1) and their sums; maps: 1x1 to
+    # 17x17, odd and even, wider than tall; kernels 3, 5, 7 and the generic path.
+    for h, w, c in [(1, 1, 3), (2, 2, 40), (5, 7, 21), (8, 8, 16), (17, 12, 29), (4, 4, 150)]:
+        for k in (1, 3, 5, 7, 9):
+            x = tf.constant(rng.normal(size=(3, h, w, c)), tf.float32)
+            dy = tf.constant(rng.normal(size=(3, -(-h // stride), -(-w // stride), c)), tf.float32)
+            got = library.bignas_depthwise_filter_grad(x, dy, k, stride=stride).numpy()
+            want = _stock_filter_grad(x, dy, k, stride).numpy()
+            assert got.shape == want.shape == (k, k, c, 1)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_the_depthwise_kernel_gives_the_same_bits_on_one_thread_and_two(built):
+    """Its rows are summed in fixed groups: a resumed run on another thread count matches."""
+    script = (
+        "import hashlib, sys, numpy as np, tensorflow as tf\n"
+        "tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))\n"
+        "lib = tf.load_op_library(sys.argv[2])\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = tf.constant(rng.normal(size=(8, 32, 32, 40)), tf.float32)\n"
+        "dy = tf.constant(rng.normal(size=(8, 32, 32, 40)), tf.float32)\n"
+        "print(hashlib.sha256(lib.bignas_depthwise_filter_grad(x, dy, 5, stride=1)"
+        ".numpy().tobytes()).hexdigest())\n"
+    )
+    digests = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(threads), native.native_ops().path],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=_ROOT,
+        ).stdout.split()[-1]
+        for threads in (1, 2)
+    ]
+    assert digests[0] == digests[1]
+
+
+def test_the_depthwise_kernel_rejects_a_dy_of_another_geometry(built):
+    x = tf.ones([2, 8, 8, 4])
+    with pytest.raises(tf.errors.InvalidArgumentError, match='is not the "SAME" output'):
+        built[2].bignas_depthwise_filter_grad(x, tf.ones([2, 8, 8, 4]), 3, stride=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="stride must be >= 1"):
+        built[2].bignas_depthwise_filter_grad(x, tf.ones([2, 8, 8, 4]), 3, stride=0)
+
+
+def test_a_second_process_loads_the_cached_library_without_building(built):
+    cache, (path, _, _, _), _ = built
+    mtime = os.stat(path).st_mtime_ns
+    again_path, reason, again_built, check = _build_in_a_new_process(cache)
+    assert reason == "" and not again_built and check <= native.SELF_CHECK_TOLERANCE
+    assert again_path == path and os.stat(path).st_mtime_ns == mtime
+
+
+def test_no_compiler_leaves_no_library_and_says_why(tmp_path):
+    ops = native.build_native_ops(cache_dir=str(tmp_path), compiler="/nonexistent/c++")
+    assert ops.library is None
+    assert "no working C++ compiler '/nonexistent/c++'" in ops.reason
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_build_names_the_compiler_error_and_leaves_nothing(tmp_path):
+    fake = tmp_path / "fake-c++"
+    fake.write_text(
+        '#!/bin/sh\nif [ "$1" = "--version" ]; then echo "fake 1.0"; exit 0; fi\n'
+        'echo "native_kernels.cc:1: error: no such header" >&2\nexit 3\n'
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    cache = tmp_path / "cache"
+    ops = native.build_native_ops(cache_dir=str(cache), compiler=str(fake))
+    assert ops.library is None
+    assert "exit 3" in ops.reason and "no such header" in ops.reason
+    assert os.listdir(cache) == []  # no half-written library under any name
+
+
+def test_a_corrupt_cached_library_is_reported_not_loaded(built, tmp_path):
+    name = os.path.basename(built[1][0])
+    (tmp_path / name).write_bytes(b"not a shared library")
+    ops = native.build_native_ops(cache_dir=str(tmp_path))
+    assert ops.library is None and not ops.built
+    assert "could not load" in ops.reason and "delete it to rebuild" in ops.reason
+
+
+def test_without_the_kernel_the_swish_gradient_is_tensorflows_own(monkeypatch):
+    monkeypatch.setattr(
+        layers, "native_ops", lambda: native.NativeOps(None, "", "no compiler (test)")
+    )
+    rng = np.random.default_rng(2)
+    x = tf.constant(4 * rng.normal(size=(3, 5, 5, 8)), tf.float32)
+    dy = tf.constant(rng.normal(size=(3, 5, 5, 8)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layers.swish_native_grad(x)
+    np.testing.assert_array_equal(y.numpy(), tf.nn.silu(x).numpy())
+    # The same ops in the same order as tf.nn.silu's gradient: the same bits.
+    np.testing.assert_array_equal(
+        tape.gradient(y, x, output_gradients=dy).numpy(), _stock_grad(x, dy).numpy()
+    )
+
+
+def test_without_the_kernel_the_depthwise_filter_gradient_is_tensorflows_kernel(monkeypatch):
+    monkeypatch.setattr(
+        layers, "native_ops", lambda: native.NativeOps(None, "", "no compiler (test)")
+    )
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(2, 9, 9, 24)), tf.float32)
+    kernel = tf.constant(rng.normal(size=(5, 5, 24, 1)), tf.float32)
+    dy = tf.constant(rng.normal(size=(2, 5, 5, 24)), tf.float32)
+
+    @tf.function
+    def filter_grad(x, kernel, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(kernel)
+            y = layers.depthwise_conv2d_same(x, kernel, 2)
+        return tape.gradient(y, kernel, output_gradients=dy)
+
+    got = filter_grad(x, kernel, dy)
+    graph = filter_grad.get_concrete_function(x, kernel, dy).graph
+    graph_ops = {op.type for op in graph.get_operations()}
+    # The explicit-padding form of TensorFlow's op, not the native one.
+    assert "DepthwiseConv2dNativeBackpropFilter" in graph_ops
+    assert "BignasDepthwiseFilterGrad" not in graph_ops
+    want = _stock_filter_grad(x, dy, 5, 2).numpy()
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
