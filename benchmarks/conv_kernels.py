@@ -99,7 +99,7 @@ def main(argv: list[str]) -> None:
             label = f"{blk.name} dw {k}x{k}/{s} {blk.in_res}px {blk.mid_ch}ch"
             cases.append(("depthwise", label, stock, ours, args))
         # The swishes after the expand conv (if any) and after the depthwise one.
-        for res in ([blk.in_res] if blk.expand else []) + [blk.out_res]:
+        for res, after in ([(blk.in_res, "expand")] if blk.expand else []) + [(blk.out_res, "dw")]:
             args = (
                 normal(b, res, res, blk.mid_ch),
                 normal(1, 1, 1, blk.mid_ch),
@@ -107,7 +107,8 @@ def main(argv: list[str]) -> None:
             )
             stock = fwd_bwd(lambda x, w: tf.nn.silu(x) * w)
             ours = fwd_bwd(lambda x, w: swish_native_grad(x) * w)
-            cases.append(("swish", f"{blk.name} swish {res}px {blk.mid_ch}ch", stock, ours, args))
+            label = f"{blk.name} swish after {after} {res}px {blk.mid_ch}ch"
+            cases.append(("swish", label, stock, ours, args))
         convs = [(blk.out_res, blk.mid_ch, blk.out_ch, "project")]
         if blk.expand:
             convs.insert(0, (blk.in_res, blk.in_ch, blk.mid_ch, "expand"))

@@ -325,10 +325,10 @@ def main(argv: list[str]) -> None:
         f"ratio sandwich / sum of static (medians): {sandwich / static_sum:.3f}  (target <= 1.10)"
     )
     if _TF_OPS in times:
-        per_round = np.asarray(times[_TF_OPS]) / np.asarray(times["sandwich"])
+        tf_over_native = np.asarray(times[_TF_OPS]) / np.asarray(times["sandwich"])
         print(
             f"{_TF_OPS} / sandwich step: {med[_TF_OPS] / sandwich:.3f} (medians), "
-            f"{float(np.median(per_round)):.3f} (median of per-round ratios); native "
+            f"{float(np.median(tf_over_native)):.3f} (median of per-round ratios); native "
             f"kernels: {native_ops().reason or 'built and checked'}"
         )
     print(f"ratio, median of per-round ratios:        {float(np.median(per_round)):.3f}")

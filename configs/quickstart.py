@@ -17,11 +17,12 @@ BN-calibrated on 2,048 random training digits.
 
 Measured (top-1 on the 1,000 held-out digits, chance 10%), seeds 0 / 1 / 2,
 with the first launch command above and `--config.seed=N`, 2026-12-07
-evening: smallest child 89.3% / 85.8% / 86.7%, largest child 95.3% / 94.4% /
-93.6% (spread over seeds: 3.5 and 1.7 points); each run took 2.8-3.1 minutes
+night: smallest child 86.5% / 85.4% / 87.5%, largest child 94.6% / 94.4% /
+93.2% (spread over seeds: 2.1 and 1.4 points); each run took 2.2-2.5 minutes
 on 2 cores, evaluation included. (Before that day's gradient kernels, which
-changed training's float rounding: 87.9 / 84.6 / 85.7% and 95.7 / 93.1 /
-92.2%.)
+changed training's float rounding: 89.3 / 85.8 / 86.7% and 95.3 / 94.4 /
+93.6% before the native kernels of the night, 87.9 / 84.6 / 85.7% and 95.7 /
+93.1 / 92.2% before the convolution kernels of the evening.)
 """
 
 from tf_bignas.run.config import default_config

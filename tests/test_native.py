@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from supernet_testutil import randomize_weights
 
-from tf_bignas.model import layers, native
+from tf_bignas.model import Supernet, layers, native
+from tf_bignas.space import get_space
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BUILD = (
@@ -234,3 +236,31 @@ def test_without_the_kernel_the_depthwise_filter_gradient_is_tensorflows_kernel(
     assert "BignasDepthwiseFilterGrad" not in graph_ops
     want = _stock_filter_grad(x, dy, 5, 2).numpy()
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_supernet_without_native_kernels_computes_the_same_gradients_with_tensorflows_ops():
+    space = get_space("bignas_tiny")
+    nets = {flag: Supernet(space, num_classes=10, native_kernels=flag) for flag in (True, False)}
+    randomize_weights(nets[True], seed=3)
+    nets[False].set_weights(nets[True].get_weights())
+    arch = space.largest()
+    images = tf.random.stateless_normal([4, arch.resolution, arch.resolution, 3], seed=[1, 2])
+    grads, types = {}, {}
+    for flag, net in nets.items():
+
+        @tf.function
+        def step(images, arch, net=net):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(net(images, arch=arch, training=True)))
+            return tape.gradient(loss, net.trainable_variables)
+
+        encoded = net.encode_arch(arch)
+        grads[flag] = [g.numpy() for g in step(images, encoded)]
+        graph = step.get_concrete_function(images, encoded).graph.as_graph_def()
+        nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+        types[flag] = {n.op for n in nodes}
+    assert {"BignasSwishGrad", "BignasDepthwiseFilterGrad"} <= types[True]
+    assert not {"BignasSwishGrad", "BignasDepthwiseFilterGrad"} & types[False]
+    assert nets[False].get_config()["native_kernels"] is False
+    for a, b in zip(grads[True], grads[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(np.abs(b).max(), 1e-3))

@@ -119,4 +119,4 @@ def test_conv_kernels_times_every_convolution_and_swish_in_both_forms():
         assert _figure(rf"{kind}, all: .* = ([\d.]+)", out) > 0
     # Every kernel size of the tiny space's first stage, and a head conv.
     assert "s1l1 dw 3x3/2 16px" in out and "s1l1 dw 5x5/2 16px" in out, out
-    assert "head " in out and "s1l1 swish 8px" in out
+    assert "head " in out and "s1l1 swish after dw 8px" in out

@@ -28,7 +28,9 @@ convolution gradients as matrix products; `swish_native_grad`: the swish
 gradient as one native kernel instead of six element-wise ops). With lanes
 by cost, the first two made the default space's training step at 64 px
 0.79-0.92x as long (`benchmarks/README.md`, "Convolution gradients in other
-forms, lanes by cost"); for the native kernels, see "Native kernels".
+forms, lanes by cost"), and the native kernels 0.79-0.82x as long again
+(in one process; "Native kernels for the swish and depthwise filter
+gradients").
 
 Initialisation follows EfficientNet (whose recipe BigNAS trains with):
 `conv_kernel_initializer()` for every convolution, depthwise ones included,

@@ -11,9 +11,10 @@ training step on a CPU-only host (`layers.swish_native_grad`,
   convolution, with no padded copy of the input, summed in a fixed order.
 
 The kernels are compiled against the installed TensorFlow with the machine's
-C++ compiler (``$CXX``, else ``c++``) the first time a gradient needs them,
-about 15 s, and the shared library is kept in a cache folder
-(``$XDG_CACHE_HOME/tf_bignas/native``, else ``~/.cache/tf_bignas/native``)
+C++ compiler (``$CXX``, else ``c++``) the first time a slice-mode layer that
+may use them is traced on a CPU-only host, about 10 s, and the shared
+library is kept in a cache folder (``$XDG_CACHE_HOME/tf_bignas/native``,
+else ``~/.cache/tf_bignas/native``)
 under a digest of the source, TensorFlow's version and build flags, the
 compiler's version and the CPU's features, so later processes load it in
 milliseconds and a changed machine or TensorFlow builds anew. A library is
@@ -187,7 +188,8 @@ def build_native_ops(cache_dir: str | None = None, compiler: str | None = None) 
         tf.__version__,
         tf.__git_version__,
         version,
-        " ".join(_command(compiler, "OUT")),
+        # The flags, not the source's path: another checkout of the same code hits.
+        " ".join(arg for arg in _command(compiler, "OUT") if arg != SOURCE),
         platform.machine(),
         _cpu_features(),
     ):
