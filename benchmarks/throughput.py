@@ -21,7 +21,10 @@ prints, per resolution:
   step runs op by op (Python start, imports, supernet, one step op by op),
   and the compiled step is traced after it: the line goes on with the time
   to the end of the first compiled step (tracing, graph optimisation, one
-  step); `--noeager_first_step` measures the compiled step first;
+  step); `--noeager_first_step` measures the compiled step first. The
+  native gradient kernels (`tf_bignas.model.native`) come from the user's
+  cache; on a machine where they were never built, the first process also
+  builds them (7.7 s on the host of benchmarks/README.md, once);
 - cached: the same for a second fresh process that loads the first one's
   trace (`tf_bignas.train.trace_cache`) and reads its optimised graph
   (`tf_bignas.train.graph_cache`) from the cache (`runtime.graph_cache_dir`),
