@@ -123,10 +123,10 @@ def swish_native_grad(x: tf.Tensor) -> tf.Tensor:
 
     The forward pass is `tf.nn.silu` itself (the same graph for Grappler to
     fuse, so the same values as before in op-by-op and compiled steps). The
-    gradient, dy * s * (1 + x *
-    (1 - s)) with s = sigmoid(x), is `BignasSwishGrad` (`native.native_ops`:
-    one pass over x and dy) for float32, else, or where the kernel does not
-    build, TensorFlow's ops in the order `tf.nn.silu`'s gradient uses.
+    gradient, dy * s * (1 + x * (1 - s)) with s = sigmoid(x), is
+    `BignasSwishGrad` (`native.native_ops`: one pass over x and dy) for
+    float32; else, or where the kernel does not build, TensorFlow's ops in
+    the order `tf.nn.silu`'s gradient uses.
 
     Args:
         x: Input tensor.
@@ -135,9 +135,9 @@ def swish_native_grad(x: tf.Tensor) -> tf.Tensor:
         x * sigmoid(x).
     """
 
-    # Loaded (or built) now, while the forward pass is traced: loading it while
-    # a `tf.cond` branch's gradient is traced left that gradient an unfed
-    # placeholder (TF 2.21).
+    # Loaded (or built) here, while the forward pass is traced, not in the
+    # gradient function: the gradient's form is settled before any gradient
+    # is traced, and a build never happens inside a gradient's trace.
     library = native_ops().library if x.dtype == tf.float32 else None
 
     @tf.custom_gradient

@@ -124,9 +124,8 @@ def self_check(library: types.ModuleType) -> float:
     Returns:
         The largest max |native - stock| / max |stock| over the cases.
     """
-    # In a thread of its own, which starts eager: called while a gradient is
-    # traced (a `tf.cond` branch's, say), even `tf.init_scope` left its ops in
-    # the traced graph.
+    # In a thread of its own, which starts eager and outside any graph that
+    # the caller is tracing (`tf.init_scope` would also pause gradient tapes).
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(_self_check, library).result()
 
