@@ -43,6 +43,7 @@ sqrt(2/25) = 0.28 whatever its channel count, as in EfficientNet.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping
 
 import keras
@@ -118,6 +119,23 @@ def activation(x: tf.Tensor, name: str, native_grad: bool = False) -> tf.Tensor:
     raise ValueError(f"unknown activation {name!r}; allowed: swish, relu, hswish")
 
 
+def native_library(x: tf.Tensor, native: bool = True) -> types.ModuleType | None:
+    """The loaded native kernels for a gradient of float32 `x`, or None for TensorFlow's ops.
+
+    Loaded (or built) when this is called, while the forward pass is traced,
+    not in the gradient function: the gradient's form is settled before any
+    gradient is traced, and a build never happens inside a gradient's trace.
+
+    Args:
+        x: The forward op's input (the kernels take float32 only).
+        native: False: None, whatever this machine builds.
+
+    Returns:
+        `native.native_ops().library` (None where the kernels do not build).
+    """
+    return native_ops().library if native and x.dtype == tf.float32 else None
+
+
 def swish_native_grad(x: tf.Tensor) -> tf.Tensor:
     """`tf.nn.silu(x)` whose gradient is one native kernel where this machine builds it.
 
@@ -135,10 +153,7 @@ def swish_native_grad(x: tf.Tensor) -> tf.Tensor:
         x * sigmoid(x).
     """
 
-    # Loaded (or built) here, while the forward pass is traced, not in the
-    # gradient function: the gradient's form is settled before any gradient
-    # is traced, and a build never happens inside a gradient's trace.
-    library = native_ops().library if x.dtype == tf.float32 else None
+    library = native_library(x)
 
     @tf.custom_gradient
     def swish(x: tf.Tensor):
@@ -248,8 +263,7 @@ def depthwise_conv2d_same(
         [B, ceil(H / stride), ceil(W / stride), C].
     """
     strides = [1, stride, stride, 1]
-    # See `swish_native_grad` for why the library is loaded here.
-    library = native_ops().library if native and x.dtype == tf.float32 else None
+    library = native_library(x, native)
 
     @tf.custom_gradient
     def conv(x: tf.Tensor, w: tf.Tensor):

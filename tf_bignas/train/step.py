@@ -78,6 +78,8 @@ from tensorflow.python.eager import context as tf_context
 
 from tf_bignas.data.device import network_images
 from tf_bignas.model.cost import macs as child_macs
+from tf_bignas.model.layers import cpu_gradients
+from tf_bignas.model.native import native_ops
 from tf_bignas.model.supernet import Supernet
 from tf_bignas.space import ArchConfig
 from tf_bignas.train import trace_cache
@@ -684,6 +686,17 @@ class SandwichStep:
         stored = self._stored_loops[signature]
         return None if stored is None else (stored[0], flat, stored[1])
 
+    def _native_gradients(self) -> bool:
+        """Whether the step's gradients use the native kernels (`tf_bignas.model.native`).
+
+        Only asks for the kernels (a build on a machine's first run) where the
+        supernet would use them: slice mode, no GPU, `native_kernels`.
+        """
+        net = self.net
+        return bool(
+            net.native_kernels and cpu_gradients(net.mode) and native_ops().library is not None
+        )
+
     def _trace_settings(self, iterator: object) -> list[str]:
         """What the K-step function's trace is built from, besides code, variables and inputs.
 
@@ -711,7 +724,7 @@ class SandwichStep:
             f"mode={net.mode} zero_init={net.zero_init_last_bn} "
             f"shortcuts={net.stage_shortcuts} sync_bn={net.synchronized_bn} "
             f"dropout={net.dropout_rate} eps={net.bn_epsilon} "
-            f"shared_blocks={net.share_block_traces} native={net.native_kernels}",
+            f"shared_blocks={net.share_block_traces} native={self._native_gradients()}",
             f"optimizer={type(self.optimizer).__qualname__} "
             f"{sorted(self.optimizer.get_config().items())!r}",
             f"iterator={getattr(iterator, 'element_spec', None)!r}",

@@ -58,7 +58,6 @@ from tensorflow.core.framework import function_pb2
 from tensorflow.python.eager import context
 
 from tf_bignas.common.files import atomic_write_bytes, atomic_write_json
-from tf_bignas.model.native import native_ops
 from tf_bignas.train.graph_cache import op_determinism
 
 #: Sub-directory of the cache root that holds the traces.
@@ -165,7 +164,6 @@ class TraceKey:
         Returns:
             The key.
         """
-        gpu = bool(tf.config.list_physical_devices("GPU"))
         lines = [
             f"format={FORMAT}",
             f"tf={tf.__version__} git={tf.__git_version__} keras={keras.__version__}",
@@ -175,9 +173,7 @@ class TraceKey:
             f"deterministic={op_determinism()}",
             # The depthwise filter gradient's form depends on it
             # (`tf_bignas.model.layers.depthwise_conv2d_same`).
-            f"gpu={gpu}",
-            # Whether this host has the native gradient kernels (`tf_bignas.model.native`).
-            f"native_built={not gpu and native_ops().library is not None}",
+            f"gpu={bool(tf.config.list_physical_devices('GPU'))}",
             *settings,
             f"constants={constants!r}",
             "inputs=" + repr([(t.dtype.name, tuple(t.shape)) for t in flat]),
