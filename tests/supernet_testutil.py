@@ -28,3 +28,17 @@ def randomize_weights(model: keras.Model, seed: int = 0) -> None:
         else:
             values.append(rng.normal(0.0, 0.2, shape).astype(np.float32))
     model.set_weights(values)
+
+
+def graph_op_types(fn) -> set[str]:
+    """The op types of a traced function's graph, those of its nested functions included.
+
+    Args:
+        fn: A concrete function (`tf.function(...).get_concrete_function(...)`).
+
+    Returns:
+        Every op type in the graph and in its library's functions (`tf.cond`
+        branches, gradients).
+    """
+    graph = fn.graph.as_graph_def()
+    return {n.op for n in [*graph.node, *(n for f in graph.library.function for n in f.node_def)]}

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from supernet_testutil import randomize_weights
+from supernet_testutil import graph_op_types, randomize_weights
 
 from tf_bignas.model import Supernet, layers, native
 from tf_bignas.space import get_space
@@ -24,12 +24,20 @@ _BUILD = (
 )
 
 
+def _python(script, *args):
+    """`script`'s standard output, run by a fresh Python in the repository's root."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=_ROOT,
+    ).stdout
+
+
 def _build_in_a_new_process(cache):
     """`build_native_ops(cache)` in a fresh process: TensorFlow registers an op once per process."""
-    out = subprocess.run(
-        [sys.executable, "-c", _BUILD, cache], capture_output=True, text=True, check=True, cwd=_ROOT
-    )
-    return json.loads(out.stdout.splitlines()[-1])
+    return json.loads(_python(_BUILD, cache).splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +78,7 @@ def test_a_second_file_of_the_same_ops_is_refused_with_the_reason(built):
         "assert native.native_ops().library is not None\n"
         "print(native.build_native_ops(cache_dir=sys.argv[1]).reason)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script, cache], capture_output=True, text=True, check=True, cwd=_ROOT
-    )
-    assert "another file registered them in this process" in out.stdout
+    assert "another file registered them in this process" in _python(script, cache)
 
 
 def test_the_kernel_computes_the_stock_gradient(built):
@@ -137,16 +142,7 @@ def test_the_depthwise_kernel_gives_the_same_bits_on_one_thread_and_two(built):
         "print(hashlib.sha256(lib.bignas_depthwise_filter_grad(x, dy, 5, stride=1)"
         ".numpy().tobytes()).hexdigest())\n"
     )
-    digests = [
-        subprocess.run(
-            [sys.executable, "-c", script, str(threads), native.native_ops().path],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=_ROOT,
-        ).stdout.split()[-1]
-        for threads in (1, 2)
-    ]
+    digests = [_python(script, threads, native.native_ops().path).split()[-1] for threads in (1, 2)]
     assert digests[0] == digests[1]
 
 
@@ -229,8 +225,7 @@ def test_without_the_kernel_the_depthwise_filter_gradient_is_tensorflows_kernel(
         return tape.gradient(y, kernel, output_gradients=dy)
 
     got = filter_grad(x, kernel, dy)
-    graph = filter_grad.get_concrete_function(x, kernel, dy).graph
-    graph_ops = {op.type for op in graph.get_operations()}
+    graph_ops = graph_op_types(filter_grad.get_concrete_function(x, kernel, dy))
     # The explicit-padding form of TensorFlow's op, not the native one.
     assert "DepthwiseConv2dNativeBackpropFilter" in graph_ops
     assert "BignasDepthwiseFilterGrad" not in graph_ops
@@ -256,9 +251,7 @@ def test_a_supernet_without_native_kernels_computes_the_same_gradients_with_tens
 
         encoded = net.encode_arch(arch)
         grads[flag] = [g.numpy() for g in step(images, encoded)]
-        graph = step.get_concrete_function(images, encoded).graph.as_graph_def()
-        nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
-        types[flag] = {n.op for n in nodes}
+        types[flag] = graph_op_types(step.get_concrete_function(images, encoded))
     assert {"BignasSwishGrad", "BignasDepthwiseFilterGrad"} <= types[True]
     assert not {"BignasSwishGrad", "BignasDepthwiseFilterGrad"} & types[False]
     assert nets[False].get_config()["native_kernels"] is False

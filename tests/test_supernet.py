@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from supernet_testutil import randomize_weights
+from supernet_testutil import graph_op_types, randomize_weights
 
 from tf_bignas.data import build_train_dataset
 from tf_bignas.model import BNStatsStore, Supernet
@@ -70,9 +70,7 @@ def _stock_and_ours(stock, ours, stride, in_cond):
 def _op_types(run):
     """The op types of a `_stock_and_ours` function's graph, its gradients' included."""
     assert native_ops().library is not None, native_ops().reason
-    graph = run.get_concrete_function().graph.as_graph_def()
-    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
-    return {n.op for n in nodes}
+    return graph_op_types(run.get_concrete_function())
 
 
 def _check_gradients(got, stock_dx_exact, same_forward=True):
