@@ -29,8 +29,9 @@ gradient as one native kernel instead of six element-wise ops). With lanes
 by cost, the first two made the default space's training step at 64 px
 0.79-0.92x as long (`benchmarks/README.md`, "Convolution gradients in other
 forms, lanes by cost"), and the native kernels 0.79-0.82x as long again
-(in one process; "Native kernels for the swish and depthwise filter
-gradients").
+(in one process, `python -m benchmarks.sandwich_step --resolution=64
+--rounds=6 --warmup=2 --lanes=2 --threads=1 --compare_native`; "Native
+kernels for the swish and depthwise filter gradients").
 
 Initialisation follows EfficientNet (whose recipe BigNAS trains with):
 `conv_kernel_initializer()` for every convolution, depthwise ones included,
