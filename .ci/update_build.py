@@ -2,7 +2,8 @@
 
 Every Python file gets one target (py_test for tests/test_*.py, py_binary for
 a program with a `__main__` block, else py_library); deps are its first-party
-imports (as labels), the programs a test runs as `python -m NAME`, and the
+imports (as labels), the programs a test, tool or benchmark names as
+`python -m NAME` (not the library's: it only names them in messages), and the
 wheels of its third-party imports. `tests/test_build.py` checks the result
 against the code, so a stale BUILD fails the suite.
 """
@@ -44,6 +45,12 @@ package(default_visibility = ["//visibility:public"])
 """
 
 
+def _is_module(name: str) -> bool:
+    """Whether a dotted name is a first-party module or package (not a symbol)."""
+    base = os.path.join(ROOT, name.replace(".", "/"))
+    return os.path.exists(base + ".py") or os.path.exists(os.path.join(base, "__init__.py"))
+
+
 def label(path: str) -> str:
     """Bazel label of a Python file (package = its folder)."""
     pkg, base = os.path.split(path)
@@ -73,7 +80,11 @@ def imports(path: str) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            # `from pkg import module` needs the module, not pkg's __init__
+            # (a dep on it would close a cycle: pkg/__init__ imports module).
+            subs = [f"{node.module}.{a.name}" for a in node.names]
+            modules = [n for n in subs if _is_module(n)]
+            names = [node.module] + subs if len(modules) < len(subs) else modules
         for name in names:
             top = name.split(".")[0]
             if top in WHEELS:
@@ -86,7 +97,15 @@ def imports(path: str) -> tuple[set[str], set[str]]:
                     continue  # `from tools import cli`: only tf_bignas packages have targets
                 if os.path.exists(os.path.join(ROOT, cand)) and cand != path:
                     first.add(cand)
-    for mod in re.findall(r"\b((?:tools|pipelines|benchmarks|experiments)\.[a-z_0-9]+)\b", text):
+    # A program that runs `python -m NAME` depends on NAME. The library only
+    # names programs in its messages and docstrings ("run tools.export"):
+    # those are not deps, and as deps they would point upward into a cycle.
+    programs = (
+        []
+        if path.startswith("tf_bignas/")
+        else re.findall(r"\b((?:tools|pipelines|benchmarks|experiments)\.[a-z_0-9]+)\b", text)
+    )
+    for mod in programs:
         cand = mod.replace(".", "/") + ".py"
         if os.path.exists(os.path.join(ROOT, cand)) and cand != path:
             first.add(cand)

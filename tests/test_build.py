@@ -13,6 +13,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKED_DIRS = ("tf_bignas", "tools", "pipelines", "configs", "benchmarks", "tests", "experiments")
 
 
+def _is_module(name: str) -> bool:
+    """Whether a dotted name is a first-party module or package (not a symbol)."""
+    base = os.path.join(ROOT, name.replace(".", "/"))
+    return os.path.exists(base + ".py") or os.path.exists(os.path.join(base, "__init__.py"))
+
+
 def _generator():
     spec = importlib.util.spec_from_file_location("update_build", f"{ROOT}/.ci/update_build.py")
     module = importlib.util.module_from_spec(spec)
@@ -57,7 +63,11 @@ def _first_party_imports(path: str) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            # `from pkg import module` needs the module, not pkg's __init__
+            # (a dep on it would close a cycle: pkg/__init__ imports module).
+            subs = [f"{node.module}.{a.name}" for a in node.names]
+            modules = [n for n in subs if _is_module(n)]
+            names = [node.module] + subs if len(modules) < len(subs) else modules
         for name in names:
             top = name.split(".")[0]
             if top not in ("tf_bignas", "supernet_testutil", "benchmarks", "tools", "pipelines"):
@@ -123,3 +133,26 @@ def test_build_files_are_current():
         want = gen.HEADER + "\n" + "\n\n".join(gen.target(p) for p in paths) + "\n"
         with open(os.path.join(ROOT, pkg, "BUILD"), encoding="utf-8") as f:
             assert f.read() == want, f"{pkg}/BUILD is stale: run python .ci/update_build.py"
+
+
+def test_library_targets_depend_only_on_the_library_and_graph_is_acyclic():
+    """Nothing in tf_bignas depends upward (on tools, pipelines, benchmarks, ...),
+    and Bazel's dependency graph has no cycle."""
+    targets = _targets()
+    for label, t in targets.items():
+        if label.startswith("//tf_bignas"):
+            upward = [d for d in t["deps"] if not d.startswith("//tf_bignas")]
+            assert upward == [], f"{label} depends outside the library: {upward}"
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(label: str, path: list[str]) -> None:
+        if state.get(label) == 2:
+            return
+        assert state.get(label) != 1, f"dependency cycle: {' -> '.join(path + [label])}"
+        state[label] = 1
+        for dep in targets[label]["deps"]:
+            visit(dep, path + [label])
+        state[label] = 2
+
+    for label in sorted(targets):
+        visit(label, [])
