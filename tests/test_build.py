@@ -13,12 +13,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKED_DIRS = ("tf_bignas", "tools", "pipelines", "configs", "benchmarks", "tests", "experiments")
 
 
-def _is_module(name: str) -> bool:
-    """Whether a dotted name is a first-party module or package (not a symbol)."""
-    base = os.path.join(ROOT, name.replace(".", "/"))
-    return os.path.exists(base + ".py") or os.path.exists(os.path.join(base, "__init__.py"))
-
-
 def _generator():
     spec = importlib.util.spec_from_file_location("update_build", f"{ROOT}/.ci/update_build.py")
     module = importlib.util.module_from_spec(spec)
@@ -66,7 +60,7 @@ def _first_party_imports(path: str) -> set[str]:
             # `from pkg import module` needs the module, not pkg's __init__
             # (a dep on it would close a cycle: pkg/__init__ imports module).
             subs = [f"{node.module}.{a.name}" for a in node.names]
-            modules = [n for n in subs if _is_module(n)]
+            modules = [n for n in subs if _generator()._is_module(n)]
             names = [node.module] + subs if len(modules) < len(subs) else modules
         for name in names:
             top = name.split(".")[0]
