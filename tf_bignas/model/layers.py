@@ -21,17 +21,24 @@ statistics of the active child, see `Supernet.load_bn_stats`), and
 average of the batch moments is accumulated for re-calibration).
 
 On a CPU-only host, slice mode computes three gradients in other forms than
-the stock ops, with the same forward ops (`depthwise_conv2d_same`: the
-depthwise filter gradient on a native kernel, `native.native_ops`, or
-TensorFlow's own kernel, instead of oneDNN's; `pointwise_conv`: the 1x1
-convolution gradients as matrix products; `swish_native_grad`: the swish
-gradient as one native kernel instead of six element-wise ops). With lanes
-by cost, the first two made the default space's training step at 64 px
-0.79-0.92x as long (`benchmarks/README.md`, "Convolution gradients in other
-forms, lanes by cost"), and the native kernels 0.79-0.82x as long again
-(in one process, `python -m benchmarks.sandwich_step --resolution=64
---rounds=6 --warmup=2 --lanes=2 --threads=1 --compare_native`; "Native
-kernels for the swish and depthwise filter gradients").
+the stock ops (`depthwise_conv2d_same`: the depthwise filter gradient on a
+native kernel, `native.native_ops`, or TensorFlow's own kernel, instead of
+oneDNN's; `pointwise_conv`: the 1x1 convolution gradients as matrix
+products; `swish_native_grad`: the swish gradient as one native kernel
+instead of six element-wise ops). With lanes by cost, the first two made the
+default space's training step at 64 px 0.79-0.92x as long
+(`benchmarks/README.md`, "Convolution gradients in other forms, lanes by
+cost"), and the native kernels 0.79-0.82x as long again (in one process,
+`python -m benchmarks.sandwich_step --resolution=64 --rounds=6 --warmup=2
+--lanes=2 --threads=1 --compare_native`; "Native kernels for the swish and
+depthwise filter gradients"). In training (batch statistics) two forward
+passes change form too: batch norm, with the swish after it, runs on a
+native kernel each way (`batch_norm_native`), and 1x1 convolutions forward
+are matrix products (`pointwise_conv(matmul_forward=True)`); oneDNN builds
+a primitive for every new shape of its batch norm, swish and convolution,
+and random children bring new shapes at every step ("Fresh shapes" in
+`benchmarks/README.md`). Inference and calibration keep the stock forward
+ops, so a sliced child computes the supernet's outputs bit for bit.
 
 Initialisation follows EfficientNet (whose recipe BigNAS trains with):
 `conv_kernel_initializer()` for every convolution, depthwise ones included,
@@ -171,6 +178,52 @@ def swish_native_grad(x: tf.Tensor) -> tf.Tensor:
     return swish(x)
 
 
+def batch_norm_native(
+    x: tf.Tensor,
+    gamma: tf.Tensor,
+    beta: tf.Tensor,
+    epsilon: float,
+    swish: bool,
+    library: types.ModuleType,
+) -> tf.Tensor:
+    """Batch-statistics batch norm over the last axis (then swish) on one native kernel each way.
+
+    The forward pass is `BignasBatchNorm` (statistics, normalisation and
+    swish in two passes over x, with no shape-specific setup: oneDNN's batch
+    norm builds a primitive for every new shape, which a sandwich step of
+    random children meets all the time); the gradient is
+    `BignasBatchNormGrad` (dz through swish, recomputed from x, and the batch
+    norm gradient in two passes). Both compute what `FusedBatchNormV3`
+    (is_training) and `tf.nn.silu` compute, in another rounding
+    (`native.self_check`).
+
+    Args:
+        x: [..., C] float32 input.
+        gamma: [C] scale.
+        beta: [C] offset.
+        epsilon: Variance epsilon.
+        swish: Apply swish after the normalisation.
+        library: `native.native_ops().library` (see `native_library`).
+
+    Returns:
+        The normalised (and activated) tensor, shaped as x.
+    """
+
+    @tf.custom_gradient
+    def batch_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor):
+        x = tf.identity(x)  # See `depthwise_conv2d_same`.
+        y, mean, inv_std = library.bignas_batch_norm(x, gamma, beta, epsilon=epsilon, swish=swish)
+
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            return tuple(
+                library.bignas_batch_norm_grad(dy, x, gamma, beta, mean, inv_std, swish=swish)
+            )
+
+        return y, grad
+
+    return batch_norm(x, gamma, beta)
+
+
 def keras_activation(name: str) -> str:
     """The stock Keras activation name equal to `activation(x, name)`."""
     return {"swish": "silu", "relu": "relu", "hswish": "hard_silu"}[name]
@@ -194,18 +247,24 @@ def take(variable: tf.Variable | tf.Tensor, begin: list, size: list) -> tf.Tenso
     return tf.slice(variable, _index_vector(begin), _index_vector(size))
 
 
-def pointwise_conv(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+def pointwise_conv(x: tf.Tensor, w: tf.Tensor, matmul_forward: bool = False) -> tf.Tensor:
     """`tf.nn.conv2d(x, w, 1, "SAME")` for a 1x1 kernel, with its gradients as matrix products.
 
     The forward pass is the stock convolution (so a sliced child computes the
-    supernet's outputs bit for bit). Its two gradients are the same sums as
-    the stock ones, each one matrix product over the pixels (dx = dy w^T,
-    dw = x^T dy), which oneDNN runs faster than its 1x1 convolution
-    gradients on one thread per op (`benchmarks/conv_kernels.py`).
+    supernet's outputs bit for bit), or with `matmul_forward` one matrix
+    product over the pixels, as training uses it: oneDNN builds a convolution
+    primitive for each new shape, which costs more than its matrix product
+    does, and random children bring new shapes at every step. Its two
+    gradients are the same sums as the stock ones, each one matrix product
+    over the pixels (dx = dy w^T, dw = x^T dy), which oneDNN runs faster than
+    its 1x1 convolution gradients on one thread per op
+    (`benchmarks/conv_kernels.py`).
 
     Args:
         x: [B, H, W, C] input.
         w: [1, 1, C, N] kernel.
+        matmul_forward: The forward pass as a matrix product (the same sums
+            in another order).
 
     Returns:
         [B, H, W, N].
@@ -223,7 +282,11 @@ def pointwise_conv(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
             dw = tf.matmul(tf.reshape(x, [-1, xs[3]]), dy2, transpose_a=True)
             return tf.reshape(dx, xs), tf.reshape(dw, ws)
 
-        return tf.nn.conv2d(x, w, 1, "SAME"), grad
+        if not matmul_forward:
+            return tf.nn.conv2d(x, w, 1, "SAME"), grad
+        xs, ws = tf.shape(x), tf.shape(w)
+        y = tf.matmul(tf.reshape(x, [-1, xs[3]]), tf.reshape(w, ws[2:]))
+        return tf.reshape(y, tf.concat([xs[:3], ws[3:]], 0)), grad
 
     return conv(x, w)
 
@@ -392,6 +455,7 @@ class DynamicConv2D(keras.layers.Layer):
         in_ch: tf.Tensor | None = None,
         decay: tf.Tensor | None = None,
         weights: Mapping[str, tf.Tensor] | None = None,
+        matmul_forward: bool = False,
     ) -> tf.Tensor:
         """Convolves with the first `out_ch` filters over the input's channels.
 
@@ -403,6 +467,8 @@ class DynamicConv2D(keras.layers.Layer):
             decay: Slice mode: weight decay of the used kernel slice (`decayed`).
             weights: Slice mode: the full "kernel" (and "bias") to use instead
                 of this layer's own (a block traced once for several blocks).
+            matmul_forward: A 1x1 kernel on a CPU-only host in slice mode: the
+                forward pass as a matrix product (`pointwise_conv`).
 
         Returns:
             [B, H', W', out_ch] (slice) or [B, H', W', max_out] masked (mask).
@@ -415,7 +481,7 @@ class DynamicConv2D(keras.layers.Layer):
         else:
             w, b = self.kernel, self.bias
         if self.kernel_size == 1 and self.strides == 1 and cpu_gradients(mode):
-            y = pointwise_conv(x, w)
+            y = pointwise_conv(x, w, matmul_forward)
         else:
             y = tf.nn.conv2d(x, w, self.strides, "SAME")
         if b is not None:
@@ -602,8 +668,10 @@ class DynamicBatchNorm(keras.layers.Layer):
         mode: str = "slice",
         ch: tf.Tensor | None = None,
         weights: Mapping[str, tf.Tensor] | None = None,
+        act: str | None = None,
+        native: bool = False,
     ) -> tf.Tensor:
-        """Normalises the active channels.
+        """Normalises the active channels (and applies the activation that follows).
 
         Args:
             x: [B, H, W, C] input.
@@ -613,14 +681,23 @@ class DynamicBatchNorm(keras.layers.Layer):
                 slice mode (x has exactly `ch` channels) it saves a shape op.
             weights: The full "gamma" and "beta" to use instead of this
                 layer's own (a block traced once for several blocks).
+            act: The activation applied to the result (`activation`), or None.
+            native: Slice mode on a CPU-only host (`cpu_gradients`): batch
+                statistics (not synchronised) with no activation or swish run
+                on `batch_norm_native` where the kernels build, and a swish
+                otherwise takes `swish_native_grad`.
 
         Returns:
-            The normalised tensor, same shape as x.
+            The normalised (and activated) tensor, same shape as x.
         """
         # In slice mode the input has exactly `ch` channels.
         c = active_channels(x, ch if mode == "slice" else None)
         own = weights or self.full_weights()
         gamma, beta = take(own["gamma"], [0], [c]), take(own["beta"], [0], [c])
+        fusable = bn_mode == "batch" and not self.synchronized and act in (None, "swish")
+        library = native_library(x, native and mode == "slice" and fusable)
+        if library is not None:
+            return batch_norm_native(x, gamma, beta, self.epsilon, act == "swish", library)
         if bn_mode == "stored":
             mean, var = self.moving_mean[:c], self.moving_variance[:c]
             y = tf.nn.batch_normalization(x, mean, var, beta, gamma, self.epsilon)
@@ -655,7 +732,7 @@ class DynamicBatchNorm(keras.layers.Layer):
             raise ValueError(f"unknown bn_mode {bn_mode!r}; allowed: {BN_MODES}")
         if mode == "mask" and ch is not None:
             y = y * channel_mask(ch, self.max_ch, y.dtype)
-        return y
+        return y if act is None else activation(y, act, native_grad=native)
 
 
 class DynamicDense(keras.layers.Layer):
