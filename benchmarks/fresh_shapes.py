@@ -2,7 +2,8 @@
 
     python -m benchmarks.fresh_shapes --resolution=128 --steps=8
     python -m benchmarks.fresh_shapes --resolution=128 --steps=4 --profile
-    python -m benchmarks.fresh_shapes --resolution=128 --steps=12 --compare_pointwise_forward
+    python -m benchmarks.fresh_shapes --resolution=128 --steps=12 --compare=pointwise_forward
+    python -m benchmarks.fresh_shapes --resolution=128 --steps=12 --compare=batch_norm
 
 A sandwich step of random children (`SandwichStep.run`, as training and
 `benchmarks.throughput` run it: children drawn in-graph from the step
@@ -17,11 +18,15 @@ x batch over the time) and their ratio: what fresh shapes cost.
 - `--profile`: the TensorFlow profiler over each pass, op time by op type
   per step, fresh against again, the largest differences first (which ops
   pay for new shapes);
-- `--compare_pointwise_forward`: instead, two supernets whose training
+- `--compare=pointwise_forward`: instead, two supernets whose training
   steps differ only in the 1x1 convolutions' forward pass (a matrix
   product, as training runs it, against `tf.nn.conv2d`), their steps
   interleaved on the same fresh children (the order alternating per step),
-  and the time ratio.
+  and the time ratio;
+- `--compare=batch_norm`: the same for training's batch norm with the swish
+  after it (`layers.batch_norm_native`, as training runs it, against
+  `FusedBatchNormV3` then `layers.swish_native_grad`, what the layer runs
+  without the native kernels).
 """
 
 from __future__ import annotations
@@ -51,11 +56,38 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
 _STEPS = flags.DEFINE_integer("steps", 8, "Steps per pass.", lower_bound=1)
 _PROFILE = flags.DEFINE_bool("profile", False, "Op time by type, fresh against again.")
-_COMPARE = flags.DEFINE_bool(
-    "compare_pointwise_forward",
-    False,
-    "Time the 1x1 forward as a matrix product against tf.nn.conv2d, interleaved.",
+_COMPARE = flags.DEFINE_enum(
+    "compare",
+    "",
+    ["", "pointwise_forward", "batch_norm"],
+    "Time training's form of this part against the stock ops, interleaved, instead.",
 )
+# The function of `layers` that each --compare swaps for its stock form.
+_SWAPPED = {"pointwise_forward": "pointwise_conv", "batch_norm": "batch_norm_native"}
+
+
+def _stock_batch_norm(
+    x: tf.Tensor,
+    gamma: tf.Tensor,
+    beta: tf.Tensor,
+    epsilon: float,
+    swish: bool,
+    library: object,
+) -> tf.Tensor:
+    """`layers.batch_norm_native`'s function on the stock ops, as `DynamicBatchNorm` runs them."""
+    del library
+    y, *_ = tf.raw_ops.FusedBatchNormV3(
+        x=x,
+        scale=gamma,
+        offset=beta,
+        mean=tf.zeros([0], x.dtype),
+        variance=tf.zeros([0], x.dtype),
+        epsilon=epsilon,
+        exponential_avg_factor=1.0,
+        data_format="NHWC",
+        is_training=True,
+    )
+    return layers.swish_native_grad(y) if swish else y
 
 
 def _step(space: object, lanes: int) -> SandwichStep:
@@ -85,20 +117,27 @@ def main(argv: list[str]) -> None:
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     indices = range(1, _STEPS.value + 1)
     steps = {}
-    forms = ("matmul", "conv") if _COMPARE.value else ("matmul",)
-    stock = layers.pointwise_conv
+    forms = ("training", "stock") if _COMPARE.value else ("training",)
+    name = _SWAPPED.get(_COMPARE.value, "pointwise_conv")
+    own = getattr(layers, name)
     for form in forms:
         step = _step(space, lanes)
-        if form == "conv":  # this step's trace takes the 1x1 forward as tf.nn.conv2d
-            layers.pointwise_conv = lambda x, w, matmul_forward=False: stock(x, w, False)
+        if form == "stock":  # this step's trace takes the stock form of the part compared
+            setattr(
+                layers,
+                name,
+                _stock_batch_norm
+                if name == "batch_norm_native"
+                else lambda x, w, matmul_forward=False: own(x, w, False),
+            )
         try:
             step.trace(iterator)
             step.run(iterator, 0, 1).losses.numpy()
         finally:
-            layers.pointwise_conv = stock
+            setattr(layers, name, own)
         steps[form] = step
     gmac = [
-        sum(cost.macs(space, c, nc) for c in steps["matmul"].sample_children(i)) * 3 * bs / 1e9
+        sum(cost.macs(space, c, nc) for c in steps["training"].sample_children(i)) * 3 * bs / 1e9
         for i in indices
     ]
     print(
@@ -115,17 +154,18 @@ def main(argv: list[str]) -> None:
                 times[form].append(time.perf_counter() - start)
         for form in forms:
             print(
-                f"1x1 forward as {form:6s}: {sum(gmac) / sum(times[form]):6.2f} GMAC/s, steps (s) "
-                f"{np.round(times[form], 2).tolist()}"
+                f"{_COMPARE.value} {form:8s}: {sum(gmac) / sum(times[form]):6.2f} GMAC/s, "
+                f"steps (s) {np.round(times[form], 2).tolist()}"
             )
-        ratios = np.array(times["conv"]) / np.array(times["matmul"])
+        ratios = np.array(times["stock"]) / np.array(times["training"])
         print(
-            f"conv / matmul step time: {sum(times['conv']) / sum(times['matmul']):.3f} in all, "
-            f"median per step {np.median(ratios):.3f}, matmul faster in "
+            f"stock / training's form, step time: "
+            f"{sum(times['stock']) / sum(times['training']):.3f} in all, "
+            f"median per step {np.median(ratios):.3f}, training's form faster in "
             f"{int((ratios > 1).sum())} of {len(ratios)} steps"
         )
         return
-    step = steps["matmul"]
+    step = steps["training"]
     passes, profiles = {}, {}
     for name in ("fresh", "again"):
         times = []

@@ -252,9 +252,12 @@ def pointwise_conv(x: tf.Tensor, w: tf.Tensor, matmul_forward: bool = False) -> 
 
     The forward pass is the stock convolution (so a sliced child computes the
     supernet's outputs bit for bit), or with `matmul_forward` one matrix
-    product over the pixels, as training uses it: oneDNN builds a convolution
-    primitive for each new shape, which costs more than its matrix product
-    does, and random children bring new shapes at every step. Its two
+    product over the pixels, as training uses it (oneDNN builds a
+    convolution primitive for each new shape, and random children bring new
+    shapes at every step; the step was 8-9% faster with the matrix product
+    in two of three interleaved runs at 128 px, 2% slower in the third, 2%
+    faster at 64 px: `python -m benchmarks.fresh_shapes
+    --compare=pointwise_forward`, "Fresh shapes" in `benchmarks/README.md`). Its two
     gradients are the same sums as the stock ones, each one matrix product
     over the pixels (dx = dy w^T, dw = x^T dy), which oneDNN runs faster than
     its 1x1 convolution gradients on one thread per op
