@@ -128,7 +128,7 @@ def activation(x: tf.Tensor, name: str, native_grad: bool = False) -> tf.Tensor:
 
 
 def native_library(x: tf.Tensor, native: bool = True) -> types.ModuleType | None:
-    """The loaded native kernels for a gradient of float32 `x`, or None for TensorFlow's ops.
+    """The loaded native kernels for an op (or its gradient) on float32 `x`, or None for TensorFlow's ops.
 
     Loaded (or built) when this is called, while the forward pass is traced,
     not in the gradient function: the gradient's form is settled before any
