@@ -18,15 +18,16 @@ x batch over the time) and their ratio: what fresh shapes cost.
 - `--profile`: the TensorFlow profiler over each pass, op time by op type
   per step, fresh against again, the largest differences first (which ops
   pay for new shapes);
-- `--compare=pointwise_forward`: instead, two supernets whose training
-  steps differ only in the 1x1 convolutions' forward pass (a matrix
-  product, as training runs it, against `tf.nn.conv2d`), their steps
-  interleaved on the same fresh children (the order alternating per step),
-  and the time ratio;
-- `--compare=batch_norm`: the same for training's batch norm with the swish
-  after it (`layers.batch_norm_native`, as training runs it, against
+- `--compare=batch_norm`: instead, two supernets whose training steps
+  differ only in training's batch norm with the swish after it
+  (`layers.batch_norm_native`, as training runs it, against
   `FusedBatchNormV3` then `layers.swish_native_grad`, what the layer runs
-  without the native kernels).
+  without the native kernels), their steps interleaved on the same fresh
+  children (the order alternating per step), and the time ratio "other /
+  training's form";
+- `--compare=pointwise_forward`: the same for the 1x1 convolutions' forward
+  pass (`tf.nn.conv2d`, as training runs it, against one matrix product,
+  `layers.pointwise_conv(matmul_forward=True)`).
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ _COMPARE = flags.DEFINE_enum(
     "compare",
     "",
     ["", "pointwise_forward", "batch_norm"],
-    "Time training's form of this part against the stock ops, interleaved, instead.",
+    "Time training's form of this part against the other one, interleaved, instead.",
 )
-# The function of `layers` that each --compare swaps for its stock form.
+# The function of `layers` that each --compare swaps for its other form.
 _SWAPPED = {"pointwise_forward": "pointwise_conv", "batch_norm": "batch_norm_native"}
 
 
@@ -117,18 +118,18 @@ def main(argv: list[str]) -> None:
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     indices = range(1, _STEPS.value + 1)
     steps = {}
-    forms = ("training", "stock") if _COMPARE.value else ("training",)
+    forms = ("training", "other") if _COMPARE.value else ("training",)
     name = _SWAPPED.get(_COMPARE.value, "pointwise_conv")
     own = getattr(layers, name)
     for form in forms:
         step = _step(space, lanes)
-        if form == "stock":  # this step's trace takes the stock form of the part compared
+        if form == "other":  # this step's trace takes the other form of the part compared
             setattr(
                 layers,
                 name,
                 _stock_batch_norm
                 if name == "batch_norm_native"
-                else lambda x, w, matmul_forward=False: own(x, w, False),
+                else lambda x, w, matmul_forward=False: own(x, w, True),
             )
         try:
             step.trace(iterator)
@@ -157,10 +158,10 @@ def main(argv: list[str]) -> None:
                 f"{_COMPARE.value} {form:8s}: {sum(gmac) / sum(times[form]):6.2f} GMAC/s, "
                 f"steps (s) {np.round(times[form], 2).tolist()}"
             )
-        ratios = np.array(times["stock"]) / np.array(times["training"])
+        ratios = np.array(times["other"]) / np.array(times["training"])
         print(
-            f"stock / training's form, step time: "
-            f"{sum(times['stock']) / sum(times['training']):.3f} in all, "
+            f"other / training's form, step time: "
+            f"{sum(times['other']) / sum(times['training']):.3f} in all, "
             f"median per step {np.median(ratios):.3f}, training's form faster in "
             f"{int((ratios > 1).sum())} of {len(ratios)} steps"
         )

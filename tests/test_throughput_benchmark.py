@@ -131,7 +131,7 @@ def test_fresh_shapes_times_the_same_steps_fresh_and_again_and_both_1x1_forwards
     # The profile's table: the native batch norm's ops are among the step's.
     assert re.search(r"^BignasBatchNorm(Grad)? +[\d.]+ +[\d.]+ ", out, re.M), out
     out = _run_benchmark("benchmarks.fresh_shapes", *args, "--steps=2", "--compare=batch_norm")
-    for form in ("training", "stock"):
+    for form in ("training", "other"):
         assert _figure(rf"batch_norm {form} *: +([\d.]+) GMAC/s", out) > 0
-    assert _figure(r"stock / training's form, step time: ([\d.]+) in all", out) > 0
+    assert _figure(r"other / training's form, step time: ([\d.]+) in all", out) > 0
     assert "of 2 steps" in out

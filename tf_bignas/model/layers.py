@@ -31,14 +31,13 @@ default space's training step at 64 px 0.79-0.92x as long
 cost"), and the native kernels 0.79-0.82x as long again (in one process,
 `python -m benchmarks.sandwich_step --resolution=64 --rounds=6 --warmup=2
 --lanes=2 --threads=1 --compare_native`; "Native kernels for the swish and
-depthwise filter gradients"). In training (batch statistics) two forward
-passes change form too: batch norm, with the swish after it, runs on a
-native kernel each way (`batch_norm_native`), and 1x1 convolutions forward
-are matrix products (`pointwise_conv(matmul_forward=True)`); oneDNN builds
-a primitive for every new shape of its batch norm, swish and convolution,
-and random children bring new shapes at every step ("Fresh shapes" in
-`benchmarks/README.md`). Inference and calibration keep the stock forward
-ops, so a sliced child computes the supernet's outputs bit for bit.
+depthwise filter gradients"). In training (batch statistics) batch norm,
+with the swish after it, runs on a native kernel each way
+(`batch_norm_native`): oneDNN builds a primitive for every new shape of its
+batch norm and swish, and random children bring new shapes at every step
+("Fresh shapes" in `benchmarks/README.md`). Inference and calibration keep
+the stock forward ops, so a sliced child computes the supernet's outputs
+bit for bit.
 
 Initialisation follows EfficientNet (whose recipe BigNAS trains with):
 `conv_kernel_initializer()` for every convolution, depthwise ones included,
@@ -252,11 +251,10 @@ def pointwise_conv(x: tf.Tensor, w: tf.Tensor, matmul_forward: bool = False) -> 
 
     The forward pass is the stock convolution (so a sliced child computes the
     supernet's outputs bit for bit), or with `matmul_forward` one matrix
-    product over the pixels, as training uses it (oneDNN builds a
-    convolution primitive for each new shape, and random children bring new
-    shapes at every step; the step was 8-9% faster with the matrix product
-    in two of three interleaved runs at 128 px, 2% slower in the third, 2%
-    faster at 64 px: `python -m benchmarks.fresh_shapes
+    product over the pixels (training does not use it: the step gained 8-9%
+    with it in two of three interleaved runs at 128 px and lost 2% in the
+    third, and a first step run op by op then once lost the compiled step's
+    losses bit for bit; `python -m benchmarks.fresh_shapes
     --compare=pointwise_forward`, "Fresh shapes" in `benchmarks/README.md`). Its two
     gradients are the same sums as the stock ones, each one matrix product
     over the pixels (dx = dy w^T, dw = x^T dy), which oneDNN runs faster than

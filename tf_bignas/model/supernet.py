@@ -159,8 +159,7 @@ def run_ops(
             block of the same shape); None for the layers' own.
         native: Slice mode on a CPU-only host: the depthwise filter and swish
             gradients, and batch-statistics BN (with the swish after it), on
-            the native kernels where they build (`native`); in training
-            (batch statistics) 1x1 convolutions as matrix products.
+            the native kernels where they build (`native`).
 
     Returns:
         The output of the last op.
@@ -194,7 +193,6 @@ def run_ops(
                 in_ch=in_ch,
                 decay=decay,
                 weights=own,
-                matmul_forward=native and bn_mode == "batch",
             )
         elif kind == "dwconv":
             y = layers(op.name)(
@@ -326,9 +324,8 @@ class Supernet(keras.Model):
         native_kernels: Slice mode on a CPU-only host: the depthwise filter and
             swish gradients, and training's batch norm with the swish after
             it, on native kernels (`tf_bignas.model.native`; built on first
-            use, TensorFlow's ops where they do not build), and training's
-            1x1 convolutions as matrix products; False: TensorFlow's ops
-            always.
+            use, TensorFlow's ops where they do not build); False:
+            TensorFlow's ops always.
         name: Model name.
 
     Raises:

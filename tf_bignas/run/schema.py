@@ -272,9 +272,8 @@ _RUNTIME = (
          "CPU-only hosts, slice mode: the depthwise filter and swish gradients, and training's "
          "batch norm with the swish after it (both ways), on native kernels that the "
          "machine's C++ compiler builds on first use (about 10 s, once; "
-         "tf_bignas.model.native) instead of TensorFlow's ops, and training's 1x1 "
-         "convolutions as matrix products; where the kernels do not build, TensorFlow's ops "
-         "with a warning. The same functions in another float rounding.",
+         "tf_bignas.model.native) instead of TensorFlow's ops; where the kernels do not "
+         "build, TensorFlow's ops with a warning. The same functions in another float rounding.",
          resume=True),
     _opt("runtime.graph_cache_dir", "workdir", _TEXT,
          "Where the training step's trace and optimised graph are kept for the next process "
