@@ -32,6 +32,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
+#include "tsl/platform/denormal.h"
 
 namespace {
 
@@ -51,6 +52,9 @@ class BignasSwishGradOp : public OpKernel {
   explicit BignasSwishGradOp(OpKernelConstruction* context) : OpKernel(context) {}
 
   void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
     const Tensor& dy = context->input(0);
     const Tensor& x = context->input(1);
     OP_REQUIRES(context, dy.shape() == x.shape(),
@@ -174,6 +178,9 @@ class BignasDepthwiseFilterGradOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
     const Tensor& x = context->input(0);
     const Tensor& dy = context->input(1);
     const Tensor& kernel_size = context->input(2);
@@ -336,6 +343,9 @@ class BignasBatchNormOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
     const Tensor& x = context->input(0);
     const Tensor& gamma = context->input(1);
     const Tensor& beta = context->input(2);
@@ -429,6 +439,9 @@ class BignasBatchNormGradOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
     const Tensor& dy = context->input(0);
     const Tensor& x = context->input(1);
     const Tensor& gamma = context->input(2);
