@@ -202,6 +202,23 @@ def test_the_batch_norm_kernels_compute_fused_batch_norm_and_swish(built, swish)
             np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=2e-5 * np.abs(want).max())
 
 
+def test_the_swish_kernel_computes_silu_and_the_same_bits_op_by_op_and_compiled(built):
+    library = built[2]
+    rng = np.random.default_rng(5)
+    # Empty, one element, a part block, several blocks.
+    for shape in [(0, 3), (1,), (5, 7), (4, 33, 29, 40)]:
+        x = tf.constant(6 * rng.normal(size=shape), tf.float32)
+        got = library.bignas_swish(x).numpy()
+        np.testing.assert_allclose(got, tf.nn.silu(x).numpy(), rtol=1e-6, atol=1e-7)
+        # One kernel either way; tf.nn.silu is two ops op by op and, in a graph,
+        # the one swish of Grappler's remapper, which need not agree.
+        compiled = tf.function(layers.swish_native_grad)(x, True).numpy()
+        np.testing.assert_array_equal(layers.swish_native_grad(x, True).numpy(), compiled)
+        np.testing.assert_array_equal(got, compiled)
+    x = tf.constant([-200.0, -88.0, 0.0, 88.0, 200.0])
+    np.testing.assert_allclose(library.bignas_swish(x).numpy(), [0, 0, 0, 88, 200], atol=1e-6)
+
+
 def test_the_batch_norm_kernels_take_a_batch_of_no_values(built):
     """As FusedBatchNormV3: an empty output, undefined statistics, zero gradients of gamma and beta."""
     library = built[2]
@@ -214,7 +231,7 @@ def test_the_batch_norm_kernels_take_a_batch_of_no_values(built):
     np.testing.assert_array_equal(dbeta.numpy(), 0)
 
 
-def test_the_batch_norm_kernels_give_the_same_bits_on_one_thread_and_two(built):
+def test_the_batch_norm_and_swish_kernels_give_the_same_bits_on_one_thread_and_two(built):
     script = (
         "import hashlib, sys, numpy as np, tensorflow as tf\n"
         "tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))\n"
@@ -224,6 +241,7 @@ def test_the_batch_norm_kernels_give_the_same_bits_on_one_thread_and_two(built):
         "g, b = (tf.constant(rng.normal(size=40), tf.float32) for _ in 'ab')\n"
         "y, m, s = lib.bignas_batch_norm(x, g, b, epsilon=1e-3, swish=True)\n"
         "out = [y, m, s, *lib.bignas_batch_norm_grad(dy, x, g, b, m, s, swish=True)]\n"
+        "out += [lib.bignas_swish(x), lib.bignas_swish_grad(dy, x)]\n"
         "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in out)).hexdigest())\n"
     )
     digests = [_python(script, threads, native.native_ops().path).split()[-1] for threads in (1, 2)]
@@ -342,7 +360,7 @@ def test_a_supernet_without_native_kernels_computes_the_same_gradients_with_tens
         encoded = net.encode_arch(arch)
         grads[flag] = [g.numpy() for g in step(images, encoded)]
         types[flag] = graph_op_types(step.get_concrete_function(images, encoded))
-    native = {"BignasSwishGrad", "BignasDepthwiseFilterGrad", "BignasBatchNorm"}
+    native = {"BignasSwish", "BignasSwishGrad", "BignasDepthwiseFilterGrad", "BignasBatchNorm"}
     assert native | {"BignasBatchNormGrad"} <= types[True]
     assert not native & types[False]
     assert nets[False].get_config()["native_kernels"] is False

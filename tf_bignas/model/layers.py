@@ -103,13 +103,19 @@ def cpu_gradients(mode: str) -> bool:
     return mode == "slice" and not tf.config.list_physical_devices("GPU")
 
 
-def activation(x: tf.Tensor, name: str, native_grad: bool = False) -> tf.Tensor:
+def activation(
+    x: tf.Tensor, name: str, native_grad: bool = False, native_forward: bool = False
+) -> tf.Tensor:
     """Applies "swish", "relu" or "hswish" (x * relu6(x + 3) / 6).
 
     Args:
         x: Input tensor.
         name: Activation name.
         native_grad: Swish only: its gradient from `swish_native_grad`.
+        native_forward: Swish with `native_grad` only: its forward pass on the
+            native kernel too (training's, so that a step run op by op
+            computes the compiled step's bits; inference keeps `tf.nn.silu`,
+            as an exported child computes it).
 
     Returns:
         The activated tensor.
@@ -118,7 +124,7 @@ def activation(x: tf.Tensor, name: str, native_grad: bool = False) -> tf.Tensor:
         ValueError: For an unknown activation.
     """
     if name == "swish":
-        return swish_native_grad(x) if native_grad else tf.nn.silu(x)
+        return swish_native_grad(x, native_forward) if native_grad else tf.nn.silu(x)
     if name == "relu":
         return tf.nn.relu(x)
     if name == "hswish":
@@ -143,18 +149,23 @@ def native_library(x: tf.Tensor, native: bool = True) -> types.ModuleType | None
     return native_ops().library if native and x.dtype == tf.float32 else None
 
 
-def swish_native_grad(x: tf.Tensor) -> tf.Tensor:
-    """`tf.nn.silu(x)` whose gradient is one native kernel where this machine builds it.
+def swish_native_grad(x: tf.Tensor, native_forward: bool = False) -> tf.Tensor:
+    """`tf.nn.silu(x)` whose gradient (and forward pass) are native kernels where this machine builds them.
 
-    The forward pass is `tf.nn.silu` itself (the same graph for Grappler to
-    fuse, so the same values as before in op-by-op and compiled steps). The
-    gradient, dy * s * (1 + x * (1 - s)) with s = sigmoid(x), is
+    The gradient, dy * s * (1 + x * (1 - s)) with s = sigmoid(x), is
     `BignasSwishGrad` (`native.native_ops`: one pass over x and dy) for
-    float32; else, or where the kernel does not build, TensorFlow's ops in
-    the order `tf.nn.silu`'s gradient uses.
+    float32. With `native_forward` (training), the forward pass is
+    `BignasSwish`, the same kernel op by op and in a compiled step, where
+    `tf.nn.silu`'s Sigmoid and Mul are one oneDNN swish in a graph (Grappler's
+    remapper) and two ops op by op, which round apart: a first step run op by
+    op (`SandwichStep.run_eagerly`) would not compute the compiled step's
+    losses bit for bit. Else the forward pass is `tf.nn.silu`. Where the
+    kernels do not build: `tf.nn.silu` and TensorFlow's ops in the order its
+    gradient uses.
 
     Args:
         x: Input tensor.
+        native_forward: The forward pass on `BignasSwish` too.
 
     Returns:
         x * sigmoid(x).
@@ -172,6 +183,8 @@ def swish_native_grad(x: tf.Tensor) -> tf.Tensor:
             s = tf.sigmoid(x)
             return dy * (s * (1.0 + x * (1.0 - s)))
 
+        if library is not None and native_forward:
+            return library.bignas_swish(x), grad
         return tf.nn.silu(x), grad
 
     return swish(x)
@@ -253,8 +266,7 @@ def pointwise_conv(x: tf.Tensor, w: tf.Tensor, matmul_forward: bool = False) -> 
     supernet's outputs bit for bit), or with `matmul_forward` one matrix
     product over the pixels (training does not use it: the step gained 8-9%
     with it in two of three interleaved runs at 128 px and lost 2% in the
-    third, and a first step run op by op then once lost the compiled step's
-    losses bit for bit; `python -m benchmarks.fresh_shapes
+    third; `python -m benchmarks.fresh_shapes
     --compare=pointwise_forward`, "Fresh shapes" in `benchmarks/README.md`). Its two
     gradients are the same sums as the stock ones, each one matrix product
     over the pixels (dx = dy w^T, dw = x^T dy), which oneDNN runs faster than
@@ -733,7 +745,9 @@ class DynamicBatchNorm(keras.layers.Layer):
             raise ValueError(f"unknown bn_mode {bn_mode!r}; allowed: {BN_MODES}")
         if mode == "mask" and ch is not None:
             y = y * channel_mask(ch, self.max_ch, y.dtype)
-        return y if act is None else activation(y, act, native_grad=native)
+        if act is None:
+            return y
+        return activation(y, act, native_grad=native, native_forward=native and bn_mode == "batch")
 
 
 class DynamicDense(keras.layers.Layer):

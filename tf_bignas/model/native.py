@@ -4,8 +4,10 @@ Native kernels (`native_kernels.cc`), all used by a slice-mode supernet's
 training step on a CPU-only host (`layers.swish_native_grad`,
 `layers.depthwise_conv2d_same`, `layers.batch_norm_native`):
 
-- `BignasSwishGrad`: the gradient of swish (SiLU) in one pass over its input
-  and the incoming gradient, where TensorFlow's own gradient of `tf.nn.silu`
+- `BignasSwish` and `BignasSwishGrad`: swish (SiLU), the same kernel op by op
+  and compiled (Grappler turns `tf.nn.silu` into oneDNN's swish, which rounds
+  apart from its two ops), and its gradient in one pass over its input and
+  the incoming gradient, where TensorFlow's own gradient of `tf.nn.silu`
   runs six element-wise ops;
 - `BignasDepthwiseFilterGrad`: the depthwise filter gradient of a "SAME"
   convolution, with no padded copy of the input, summed in a fixed order;
@@ -52,6 +54,7 @@ SELF_CHECK_TOLERANCE = 1e-5
 BUILD_TIMEOUT_S = 600
 # The Python names of the library's ops.
 OPS = (
+    "bignas_swish",
     "bignas_swish_grad",
     "bignas_depthwise_filter_grad",
     "bignas_batch_norm",
@@ -65,7 +68,7 @@ class NativeOps:
 
     Attributes:
         library: The module `tf.load_op_library` returned (its ops:
-            `bignas_swish_grad(dy, x)`,
+            `bignas_swish(x)`, `bignas_swish_grad(dy, x)`,
             `bignas_depthwise_filter_grad(x, dy, kernel_size, stride=)`,
             `bignas_batch_norm(x, gamma, beta, epsilon=, swish=)` -> (y, mean,
             inv_std), `bignas_batch_norm_grad(dy, x, gamma, beta, mean,
@@ -126,8 +129,8 @@ def _compiler_version(compiler: str) -> str:
 def self_check(library: types.ModuleType) -> float:
     """Largest difference between the native kernels and TensorFlow's own ops.
 
-    Swish: 4,099 values of x in [-30, 30] (0 and both ends included) with
-    random incoming gradients. Depthwise: random inputs of odd and even
+    Swish and its gradient: 4,099 values of x in [-30, 30] (0 and both ends
+    included) with random incoming gradients. Depthwise: random inputs of odd and even
     sizes, 5 to 37 channels, kernels 1, 3, 5 and 7, strides 1 and 2. Batch
     norm: output and the three gradients, with swish (13 channels) and
     without (40 channels, mean 4 against spread 2), against
@@ -151,7 +154,10 @@ def _self_check(library: types.ModuleType) -> float:
     dy = tf.constant(rng.normal(size=x.shape), tf.float32)
     # tf.nn.silu's own gradient, op for op.
     s = tf.sigmoid(x)
-    cases = [(dy * (s * (1.0 + x * (1.0 - s))), library.bignas_swish_grad(dy, x))]
+    cases = [
+        (x * s, library.bignas_swish(x)),
+        (dy * (s * (1.0 + x * (1.0 - s))), library.bignas_swish_grad(dy, x)),
+    ]
     for shape, k, stride in [
         ((2, 7, 6, 21), 3, 1),
         ((2, 9, 9, 37), 5, 2),

@@ -2,9 +2,15 @@
 // by tf_bignas/model/native.py (`build_native_ops`), which checks them all
 // against TensorFlow's own ops before any use.
 //
-// BignasSwishGrad: the swish (SiLU) gradient, dx = dy * s * (1 + x * (1 - s))
-// with s = sigmoid(x), in one pass over x and dy. TensorFlow's own gradient of
+// BignasSwish / BignasSwishGrad: swish (SiLU), y = x * s with s = sigmoid(x),
+// and its gradient, dx = dy * s * (1 + x * (1 - s)), each in one pass. The
+// forward op is the same kernel op by op and in a compiled graph, where
+// Grappler would turn tf.nn.silu's Sigmoid and Mul into oneDNN's swish, whose
+// bits differ from the two ops' (a first step run op by op would then lose
+// the compiled step's losses bit for bit). TensorFlow's own gradient of
 // tf.nn.silu is six element-wise ops, each a pass over the whole activation.
+// Both work in fixed blocks of elements from the first: the same bits on any
+// number of threads.
 //
 // BignasDepthwiseFilterGrad: the filter gradient of a "SAME" depthwise
 // convolution (NHWC, square kernel and stride), as
@@ -44,8 +50,50 @@ using tensorflow::errors::InvalidArgument;
 
 // ---------------------------------------------------------------- swish grad
 
-// Elements per inner block of the swish gradient: s lives in a stack buffer.
+// Elements per block of the swish kernels: s lives in a stack buffer.
 constexpr int64_t kSwishBlock = 2048;
+
+// Runs work(first, count) over fixed blocks of kSwishBlock elements, sharded
+// by whole blocks (so each element takes the same vector or scalar path on
+// any number of threads).
+template <typename Work>
+void SwishBlocks(OpKernelContext* context, int64_t size, int64_t cost_per_value,
+                 const Work& work) {
+  const int64_t blocks = (size + kSwishBlock - 1) / kSwishBlock;
+  auto run = [&](int64_t first, int64_t last) {
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t b = block * kSwishBlock;
+      work(b, std::min(kSwishBlock, size - b));
+    }
+  };
+  const auto* threads = context->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(threads->num_threads, threads->workers, blocks,
+                    kSwishBlock * cost_per_value, run);
+}
+
+class BignasSwishOp : public OpKernel {
+ public:
+  explicit BignasSwishOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
+    const Tensor& x = context->input(0);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
+    const float* xs = x.flat<float>().data();
+    float* ys = y->flat<float>().data();
+    // About 30 cycles per element (a logistic and a product).
+    SwishBlocks(context, x.NumElements(), 30, [xs, ys](int64_t b, int64_t m) {
+      alignas(64) float s_buffer[kSwishBlock];
+      Eigen::Map<const Eigen::ArrayXf> xv(xs + b, m);
+      Eigen::Map<Eigen::ArrayXf> s(s_buffer, m), yv(ys + b, m);
+      s = xv.logistic();
+      yv = xv * s;
+    });
+  }
+};
 
 class BignasSwishGradOp : public OpKernel {
  public:
@@ -65,19 +113,14 @@ class BignasSwishGradOp : public OpKernel {
     const float* xs = x.flat<float>().data();
     const float* gs = dy.flat<float>().data();
     float* out = dx->flat<float>().data();
-    auto work = [xs, gs, out](int64_t begin, int64_t end) {
-      alignas(64) float s_buffer[kSwishBlock];
-      for (int64_t b = begin; b < end; b += kSwishBlock) {
-        const int64_t m = std::min(kSwishBlock, end - b);
-        Eigen::Map<const Eigen::ArrayXf> xv(xs + b, m), gv(gs + b, m);
-        Eigen::Map<Eigen::ArrayXf> s(s_buffer, m), ov(out + b, m);
-        s = xv.logistic();
-        ov = gv * s * (1.0f + xv * (1.0f - s));
-      }
-    };
-    const auto* threads = context->device()->tensorflow_cpu_worker_threads();
     // About 40 cycles per element (a logistic and five products).
-    tensorflow::Shard(threads->num_threads, threads->workers, x.NumElements(), 40, work);
+    SwishBlocks(context, x.NumElements(), 40, [xs, gs, out](int64_t b, int64_t m) {
+      alignas(64) float s_buffer[kSwishBlock];
+      Eigen::Map<const Eigen::ArrayXf> xv(xs + b, m), gv(gs + b, m);
+      Eigen::Map<Eigen::ArrayXf> s(s_buffer, m), ov(out + b, m);
+      s = xv.logistic();
+      ov = gv * s * (1.0f + xv * (1.0f - s));
+    });
   }
 };
 
@@ -565,6 +608,17 @@ class BignasBatchNormGradOp : public OpKernel {
 };
 
 }  // namespace
+
+REGISTER_OP("BignasSwish")
+    .Input("x: float")
+    .Output("y: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return tensorflow::OkStatus();
+    })
+    .Doc("x * sigmoid(x).");
+
+REGISTER_KERNEL_BUILDER(Name("BignasSwish").Device(tensorflow::DEVICE_CPU), BignasSwishOp);
 
 REGISTER_OP("BignasSwishGrad")
     .Input("dy: float")

@@ -210,7 +210,13 @@ def run_ops(
             )
         elif kind == "act":
             # Applied by the BN before it, or here.
-            y = h if op.inputs[0] in act_of else activation(h, op.function, native_grad=native)
+            # Training's swish forward on the native kernel too (`activation`).
+            forward = native and bn_mode == "batch"
+            y = (
+                h
+                if op.inputs[0] in act_of
+                else activation(h, op.function, native_grad=native, native_forward=forward)
+            )
         elif kind == "se_pool":
             y = tf.reduce_mean(h, axis=[1, 2], keepdims=True)
         elif kind == "global_pool":
