@@ -8,9 +8,13 @@ process, which only starts fresh ones, stays light.
 
 from __future__ import annotations
 
+import collections
+import glob
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -113,3 +117,46 @@ def run_fresh(module: str, args: Sequence[str], label: str) -> dict[str, Any] | 
         print(f"{label}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}")
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# Profiler events that span many ops (a function, the executor, the process).
+_CONTAINERS = ("Run", "RunGraph", "Process", "PartitionedCall", "StatefulPartitionedCall")
+
+
+def top_ops(fn: Callable[[], object], steps: int = 3, top: int = 15) -> list[tuple[str, float]]:
+    """Milliseconds per call by op type, from a TensorFlow profiler trace of `steps` calls.
+
+    Args:
+        fn: One call (already traced).
+        steps: Calls traced.
+        top: Op types returned.
+
+    Returns:
+        [(op type, ms per call)], largest first, plus ("all ops", total).
+    """
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tempfile.mkdtemp(prefix="sandwich_profile_")
+    tf.profiler.experimental.start(logdir)
+    for _ in range(steps):
+        timed(fn)
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
+        space.ParseFromString(f.read())
+    by_type: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        names = {k: m.name for k, m in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                # TF op events are named "op_name:OpType"; skip the spans of whole
+                # functions and of the executor, which contain the ops.
+                kind = name.rsplit(":", 1)[1].strip() if ":" in name else ""
+                if kind and not kind.startswith("__") and kind not in _CONTAINERS:
+                    by_type[kind] += event.duration_ps / 1e9 / steps
+    total = sum(by_type.values())
+    return [*by_type.most_common(top), ("all ops", total)]

@@ -45,10 +45,7 @@ the largest child's static step (issue 8).
 
 from __future__ import annotations
 
-import collections
-import glob
 import os
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -57,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from benchmarks.common import matmul_gmacs_on_cores, timed
+from benchmarks.common import matmul_gmacs_on_cores, timed, top_ops
 from tf_bignas.model import Supernet, cost
 from tf_bignas.model.native import native_ops
 from tf_bignas.model.slicing import extract_child
@@ -159,10 +156,6 @@ def _breakdown_fns(
     }
 
 
-# Profiler events that span many ops (a function, the executor, the process).
-_CONTAINERS = ("Run", "RunGraph", "Process", "PartitionedCall", "StatefulPartitionedCall")
-
-
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
@@ -195,44 +188,6 @@ def peak_bytes(fn: Callable[[], object]) -> tuple[int, str]:
     before = _status_kib("VmRSS")
     timed(fn)
     return (_status_kib("VmHWM") - before) * 1024, "process RSS"
-
-
-def top_ops(fn: Callable[[], object], steps: int = 3, top: int = 15) -> list[tuple[str, float]]:
-    """Milliseconds per call by op type, from a TensorFlow profiler trace of `steps` calls.
-
-    Args:
-        fn: One call (already traced).
-        steps: Calls traced.
-        top: Op types returned.
-
-    Returns:
-        [(op type, ms per call)], largest first, plus ("all ops", total).
-    """
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    logdir = tempfile.mkdtemp(prefix="sandwich_profile_")
-    tf.profiler.experimental.start(logdir)
-    for _ in range(steps):
-        timed(fn)
-    tf.profiler.experimental.stop()
-    space = xplane_pb2.XSpace()
-    with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
-        space.ParseFromString(f.read())
-    by_type: collections.Counter = collections.Counter()
-    for plane in space.planes:
-        if plane.name != "/host:CPU":
-            continue
-        names = {k: m.name for k, m in plane.event_metadata.items()}
-        for line in plane.lines:
-            for event in line.events:
-                name = names.get(event.metadata_id, "")
-                # TF op events are named "op_name:OpType"; skip the spans of whole
-                # functions and of the executor, which contain the ops.
-                kind = name.rsplit(":", 1)[1].strip() if ":" in name else ""
-                if kind and not kind.startswith("__") and kind not in _CONTAINERS:
-                    by_type[kind] += event.duration_ps / 1e9 / steps
-    total = sum(by_type.values())
-    return [*by_type.most_common(top), ("all ops", total)]
 
 
 def main(argv: list[str]) -> None:

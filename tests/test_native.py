@@ -154,6 +154,114 @@ def test_the_depthwise_kernel_rejects_a_dy_of_another_geometry(built):
         built[2].bignas_depthwise_filter_grad(x, tf.ones([2, 8, 8, 4]), 3, stride=0)
 
 
+def _stock_batch_norm(x, gamma, beta, swish, dy):
+    """FusedBatchNormV3 (batch statistics), then swish: y and d(x, gamma, beta)."""
+    with tf.GradientTape() as tape:
+        tape.watch([x, gamma, beta])
+        y, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=x,
+            scale=gamma,
+            offset=beta,
+            mean=tf.zeros([0]),
+            variance=tf.zeros([0]),
+            epsilon=1e-3,
+            exponential_avg_factor=1.0,
+            is_training=True,
+        )
+        if swish:
+            y = tf.nn.silu(y)
+    return [y, *tape.gradient(y, [x, gamma, beta], output_gradients=dy)]
+
+
+@pytest.mark.parametrize("swish", [False, True])
+def test_the_batch_norm_kernels_compute_fused_batch_norm_and_swish(built, swish):
+    library = built[2]
+    rng = np.random.default_rng(int(swish))
+    # One channel; one row per channel (zero variance); odd channels; several
+    # blocks of rows and row groups; a mean 100 times the spread.
+    for shape, loc, scale in [
+        ((3, 7, 5, 1), 0.0, 1.0),
+        ((4, 1, 1, 24), 0.0, 1.0),
+        ((2, 3, 3, 17), 1.0, 3.0),
+        ((8, 16, 16, 150), 0.0, 2.0),
+        ((4, 9, 11, 40), 50.0, 0.5),
+    ]:
+        c = shape[-1]
+        x = tf.constant(rng.normal(loc, scale, size=shape), tf.float32)
+        gamma = tf.constant(rng.normal(size=c), tf.float32)
+        beta = tf.constant(rng.normal(size=c), tf.float32)
+        dy = tf.constant(rng.normal(size=shape), tf.float32)
+        y, mean, inv_std = library.bignas_batch_norm(x, gamma, beta, epsilon=1e-3, swish=swish)
+        grads = library.bignas_batch_norm_grad(dy, x, gamma, beta, mean, inv_std, swish=swish)
+        want_mean, want_var = tf.nn.moments(tf.cast(x, tf.float64), axes=[0, 1, 2])
+        np.testing.assert_allclose(mean.numpy(), want_mean.numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(inv_std.numpy(), 1 / np.sqrt(want_var.numpy() + 1e-3), rtol=1e-5)
+        for got, want in zip([y, *grads], _stock_batch_norm(x, gamma, beta, swish, dy)):
+            assert got.shape == want.shape
+            want = want.numpy()
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=2e-5 * np.abs(want).max())
+
+
+def test_the_swish_kernel_computes_silu_and_the_same_bits_op_by_op_and_compiled(built):
+    library = built[2]
+    rng = np.random.default_rng(5)
+    # Empty, one element, a part block, several blocks.
+    for shape in [(0, 3), (1,), (5, 7), (4, 33, 29, 40)]:
+        x = tf.constant(6 * rng.normal(size=shape), tf.float32)
+        got = library.bignas_swish(x).numpy()
+        np.testing.assert_allclose(got, tf.nn.silu(x).numpy(), rtol=1e-6, atol=1e-7)
+        # One kernel either way; tf.nn.silu is two ops op by op and, in a graph,
+        # the one swish of Grappler's remapper, which need not agree.
+        compiled = tf.function(layers.swish_native_grad)(x, True).numpy()
+        np.testing.assert_array_equal(layers.swish_native_grad(x, True).numpy(), compiled)
+        np.testing.assert_array_equal(got, compiled)
+    x = tf.constant([-200.0, -88.0, 0.0, 88.0, 200.0])
+    np.testing.assert_allclose(library.bignas_swish(x).numpy(), [0, 0, 0, 88, 200], atol=1e-6)
+
+
+def test_the_batch_norm_kernels_take_a_batch_of_no_values(built):
+    """As FusedBatchNormV3: an empty output, undefined statistics, zero gradients of gamma and beta."""
+    library = built[2]
+    x, ones = tf.zeros([0, 4, 4, 3]), tf.ones([3])
+    y, mean, inv_std = library.bignas_batch_norm(x, ones, ones, epsilon=1e-3, swish=True)
+    assert y.shape == (0, 4, 4, 3) and np.isnan(mean.numpy()).all()
+    dx, dgamma, dbeta = library.bignas_batch_norm_grad(x, x, ones, ones, mean, inv_std, swish=True)
+    assert dx.shape == (0, 4, 4, 3)
+    np.testing.assert_array_equal(dgamma.numpy(), 0)
+    np.testing.assert_array_equal(dbeta.numpy(), 0)
+
+
+def test_the_batch_norm_and_swish_kernels_give_the_same_bits_on_one_thread_and_two(built):
+    script = (
+        "import hashlib, sys, numpy as np, tensorflow as tf\n"
+        "tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))\n"
+        "lib = tf.load_op_library(sys.argv[2])\n"
+        "rng = np.random.default_rng(0)\n"
+        "x, dy = (tf.constant(rng.normal(size=(8, 32, 32, 40)), tf.float32) for _ in 'ab')\n"
+        "g, b = (tf.constant(rng.normal(size=40), tf.float32) for _ in 'ab')\n"
+        "y, m, s = lib.bignas_batch_norm(x, g, b, epsilon=1e-3, swish=True)\n"
+        "out = [y, m, s, *lib.bignas_batch_norm_grad(dy, x, g, b, m, s, swish=True)]\n"
+        "out += [lib.bignas_swish(x), lib.bignas_swish_grad(dy, x)]\n"
+        "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in out)).hexdigest())\n"
+    )
+    digests = [_python(script, threads, native.native_ops().path).split()[-1] for threads in (1, 2)]
+    assert digests[0] == digests[1]
+
+
+def test_the_batch_norm_kernels_reject_mismatched_shapes(built):
+    library, x, three = built[2], tf.ones([2, 4, 4, 3]), tf.ones([3])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"needs gamma and beta \[C\]"):
+        library.bignas_batch_norm(x, tf.ones([4]), three, epsilon=1e-3, swish=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="epsilon must be >= 0"):
+        library.bignas_batch_norm(x, three, three, epsilon=-1.0, swish=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same shape"):
+        library.bignas_batch_norm_grad(
+            tf.ones([2, 4, 4, 2]), x, three, three, three, three, swish=False
+        )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="mean and inv_std must be"):
+        library.bignas_batch_norm_grad(x, x, three, three, tf.ones([2]), three, swish=False)
+
+
 def test_a_second_process_loads_the_cached_library_without_building(built):
     cache, (path, _, _, _), _ = built
     mtime = os.stat(path).st_mtime_ns
@@ -252,8 +360,9 @@ def test_a_supernet_without_native_kernels_computes_the_same_gradients_with_tens
         encoded = net.encode_arch(arch)
         grads[flag] = [g.numpy() for g in step(images, encoded)]
         types[flag] = graph_op_types(step.get_concrete_function(images, encoded))
-    assert {"BignasSwishGrad", "BignasDepthwiseFilterGrad"} <= types[True]
-    assert not {"BignasSwishGrad", "BignasDepthwiseFilterGrad"} & types[False]
+    native = {"BignasSwish", "BignasSwishGrad", "BignasDepthwiseFilterGrad", "BignasBatchNorm"}
+    assert native | {"BignasBatchNormGrad"} <= types[True]
+    assert not native & types[False]
     assert nets[False].get_config()["native_kernels"] is False
     for a, b in zip(grads[True], grads[False]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(np.abs(b).max(), 1e-3))

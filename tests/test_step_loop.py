@@ -26,6 +26,7 @@ from tf_bignas.train.step import (
     one_round_call_options,
     sample_children,
     skip_idle_graph_passes,
+    smoothed_labels,
 )
 
 BATCH = 8
@@ -146,6 +147,21 @@ def test_a_first_step_run_op_by_op_trains_what_the_compiled_step_trains(space, b
     assert not xla.can_run_eagerly
     with pytest.raises(ValueError, match="run_eagerly needs one replica and no XLA"):
         xla.run_eagerly(iter(_dataset(batches)), 0)
+
+
+@pytest.mark.parametrize("classes", [10, 7, 1000])
+def test_smoothed_labels_are_the_same_op_by_op_and_compiled(classes):
+    """The largest child's targets: a step run op by op needs the compiled step's bits."""
+    labels = tf.constant([5, 3, 0, 6], tf.int32)
+    compiled = tf.function(smoothed_labels)
+    for eps in (0.1, 0.3, 0.0):
+        eps = tf.constant(eps)
+        got = smoothed_labels(labels, classes, eps).numpy()
+        np.testing.assert_array_equal(got, compiled(labels, classes, eps).numpy())
+        np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-6)
+        want = np.full((4, classes), float(eps) / classes)
+        want[np.arange(4), labels.numpy()] += 1.0 - float(eps)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_children_in_lanes_train_the_loop_s_weights_bit_for_bit(space, batches):

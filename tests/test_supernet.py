@@ -9,7 +9,12 @@ from supernet_testutil import graph_op_types, randomize_weights
 
 from tf_bignas.data import build_train_dataset
 from tf_bignas.model import BNStatsStore, Supernet
-from tf_bignas.model.layers import depthwise_conv2d_same, pointwise_conv, swish_native_grad
+from tf_bignas.model.layers import (
+    DynamicBatchNorm,
+    depthwise_conv2d_same,
+    pointwise_conv,
+    swish_native_grad,
+)
 from tf_bignas.model.native import native_ops
 from tf_bignas.space import InvalidArchError, SearchSpace, StageSpec, get_space
 
@@ -105,15 +110,25 @@ def test_depthwise_filter_gradient_is_the_stock_one(stride, in_cond):
     assert "BignasDepthwiseFilterGrad" in _op_types(run)  # the native kernel was checked
 
 
+@pytest.mark.parametrize("matmul_forward", [False, True])
 @pytest.mark.parametrize("in_cond", [False, True])
-def test_pointwise_gradients_are_the_stock_ones(in_cond):
-    run = _stock_and_ours(lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"), pointwise_conv, 1, in_cond)
+def test_pointwise_gradients_are_the_stock_ones(in_cond, matmul_forward):
+    run = _stock_and_ours(
+        lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
+        lambda x, w: pointwise_conv(x, w, matmul_forward),
+        1,
+        in_cond,
+    )
     rng = np.random.default_rng(0)
     for h, w, c, n in [(7, 7, 5, 3), (8, 9, 16, 40), (1, 1, 8, 7), (2, 2, 96, 24)]:
         x = tf.constant(rng.normal(size=(3, h, w, c)), tf.float32)
         kernel = tf.constant(rng.normal(size=(1, 1, c, n)), tf.float32)
         dy = tf.constant(rng.normal(size=(3, h, w, n)), tf.float32)
-        _check_gradients(run(x, kernel, dy), stock_dx_exact=False)
+        got = run(x, kernel, dy)
+        _check_gradients(got, stock_dx_exact=False, same_forward=not matmul_forward)
+    alone = tf.function(lambda x, w: pointwise_conv(x, w, matmul_forward))
+    forward = graph_op_types(alone.get_concrete_function(x, kernel))
+    assert ("Conv2D" in forward) != matmul_forward and ("MatMul" in forward) == matmul_forward
 
 
 @pytest.mark.parametrize("in_cond", [False, True])
@@ -131,6 +146,37 @@ def test_native_swish_gradient_is_the_stock_one(in_cond):
         dy = tf.constant(rng.normal(size=shape), tf.float32)
         _check_gradients(run(x, scale, dy), stock_dx_exact=False, same_forward=False)
     assert "BignasSwishGrad" in _op_types(run)
+
+
+@pytest.mark.parametrize("in_cond", [False, True])
+@pytest.mark.parametrize("act", [None, "swish"])
+def test_native_batch_norm_is_the_stock_one(in_cond, act):
+    # The layer as a training step calls it, with TensorFlow's ops (FusedBatchNormV3,
+    # then swish) and on the native kernel; w carries gamma and beta.
+    layer = DynamicBatchNorm(160)
+
+    def bn(native):
+        def fn(x, w):
+            w = tf.reshape(w, [-1])
+            weights = {"gamma": w, "beta": tf.sin(3.0 * w)}
+            return layer(x, bn_mode="batch", mode="slice", weights=weights, act=act, native=native)
+
+        return fn
+
+    run = _stock_and_ours(bn(False), bn(True), 1, in_cond)
+    rng = np.random.default_rng(2)
+    # Odd channels and rows; one row per channel; several blocks and row groups.
+    for shape, loc in [((3, 7, 5, 13), 0.0), ((4, 1, 1, 24), 0.0), ((8, 17, 19, 160), 5.0)]:
+        x = tf.constant(rng.normal(loc, 2.0, size=shape), tf.float32)
+        w = tf.constant(rng.normal(size=(1, 1, 1, shape[3])), tf.float32)
+        dy = tf.constant(rng.normal(size=shape), tf.float32)
+        got = run(x, w, dy)
+        for a, b in zip(*([t.numpy() for t in got[n]] for n in ("ours", "stock"))):
+            assert a.shape == b.shape and np.abs(b).max() > 0
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5 * np.abs(b).max())
+    ops = _op_types(run)
+    assert {"BignasBatchNorm", "BignasBatchNormGrad"} <= ops
+    assert "FusedBatchNormV3" in ops  # the stock side is the stock op
 
 
 def test_mask_mode_under_xla_matches_slice_mode(space):

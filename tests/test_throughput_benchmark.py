@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py (one command, a fresh process per resolution, every figure printed) and benchmarks/conv_kernels.py."""
+"""benchmarks/throughput.py (one command, a fresh process per resolution, every figure printed), benchmarks/conv_kernels.py and benchmarks/fresh_shapes.py."""
 
 from __future__ import annotations
 
@@ -120,3 +120,20 @@ def test_conv_kernels_times_every_convolution_and_swish_in_both_forms():
     # Every kernel size of the tiny space's first stage, and a head conv.
     assert "s1l1 dw 3x3/2 16px" in out and "s1l1 dw 5x5/2 16px" in out, out
     assert "head " in out and "s1l1 swish after dw 8px" in out
+
+
+def test_fresh_shapes_times_the_same_steps_fresh_and_again_and_both_1x1_forwards():
+    args = ("--space=bignas_tiny", "--resolution=16", "--batch_size=2", "--num_classes=10")
+    out = _run_benchmark("benchmarks.fresh_shapes", *args, "--steps=2", "--profile")
+    assert _figure(r"fresh: +([\d.]+) GMAC/s", out) > 0
+    assert _figure(r"again: +([\d.]+) GMAC/s", out) > 0
+    assert _figure(r"fresh / again time: ([\d.]+)", out) > 0
+    # The profile's table: op types with their fresh, again and difference figures.
+    rows = re.findall(r"^(\w+) +([\d.]+) +([\d.]+) +(-?[\d.]+)$", out, re.M)
+    assert len(rows) >= 5, out
+    assert all(abs(float(f) - float(a) - float(d)) < 0.11 for _, f, a, d in rows), rows
+    out = _run_benchmark("benchmarks.fresh_shapes", *args, "--steps=2", "--compare=batch_norm")
+    for form in ("training", "other"):
+        assert _figure(rf"batch_norm {form} *: +([\d.]+) GMAC/s", out) > 0
+    assert _figure(r"other / training's form, step time: ([\d.]+) in all", out) > 0
+    assert "of 2 steps" in out

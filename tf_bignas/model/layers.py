@@ -21,17 +21,23 @@ statistics of the active child, see `Supernet.load_bn_stats`), and
 average of the batch moments is accumulated for re-calibration).
 
 On a CPU-only host, slice mode computes three gradients in other forms than
-the stock ops, with the same forward ops (`depthwise_conv2d_same`: the
-depthwise filter gradient on a native kernel, `native.native_ops`, or
-TensorFlow's own kernel, instead of oneDNN's; `pointwise_conv`: the 1x1
-convolution gradients as matrix products; `swish_native_grad`: the swish
-gradient as one native kernel instead of six element-wise ops). With lanes
-by cost, the first two made the default space's training step at 64 px
-0.79-0.92x as long (`benchmarks/README.md`, "Convolution gradients in other
-forms, lanes by cost"), and the native kernels 0.79-0.82x as long again
-(in one process, `python -m benchmarks.sandwich_step --resolution=64
---rounds=6 --warmup=2 --lanes=2 --threads=1 --compare_native`; "Native
-kernels for the swish and depthwise filter gradients").
+the stock ops (`depthwise_conv2d_same`: the depthwise filter gradient on a
+native kernel, `native.native_ops`, or TensorFlow's own kernel, instead of
+oneDNN's; `pointwise_conv`: the 1x1 convolution gradients as matrix
+products; `swish_native_grad`: the swish gradient as one native kernel
+instead of six element-wise ops). With lanes by cost, the first two made the
+default space's training step at 64 px 0.79-0.92x as long
+(`benchmarks/README.md`, "Convolution gradients in other forms, lanes by
+cost"), and the native kernels 0.79-0.82x as long again (in one process,
+`python -m benchmarks.sandwich_step --resolution=64 --rounds=6 --warmup=2
+--lanes=2 --threads=1 --compare_native`; "Native kernels for the swish and
+depthwise filter gradients"). In training (batch statistics) batch norm,
+with the swish after it, runs on a native kernel each way
+(`batch_norm_native`): oneDNN builds a primitive for every new shape of its
+batch norm and swish, and random children bring new shapes at every step
+("Fresh shapes" in `benchmarks/README.md`). Inference and calibration keep
+the stock forward ops, so a sliced child computes the supernet's outputs
+bit for bit.
 
 Initialisation follows EfficientNet (whose recipe BigNAS trains with):
 `conv_kernel_initializer()` for every convolution, depthwise ones included,
@@ -97,13 +103,19 @@ def cpu_gradients(mode: str) -> bool:
     return mode == "slice" and not tf.config.list_physical_devices("GPU")
 
 
-def activation(x: tf.Tensor, name: str, native_grad: bool = False) -> tf.Tensor:
+def activation(
+    x: tf.Tensor, name: str, native_grad: bool = False, native_forward: bool = False
+) -> tf.Tensor:
     """Applies "swish", "relu" or "hswish" (x * relu6(x + 3) / 6).
 
     Args:
         x: Input tensor.
         name: Activation name.
         native_grad: Swish only: its gradient from `swish_native_grad`.
+        native_forward: Swish with `native_grad` only: its forward pass on the
+            native kernel too (training's, so that a step run op by op
+            computes the compiled step's bits; inference keeps `tf.nn.silu`,
+            as an exported child computes it).
 
     Returns:
         The activated tensor.
@@ -112,7 +124,7 @@ def activation(x: tf.Tensor, name: str, native_grad: bool = False) -> tf.Tensor:
         ValueError: For an unknown activation.
     """
     if name == "swish":
-        return swish_native_grad(x) if native_grad else tf.nn.silu(x)
+        return swish_native_grad(x, native_forward) if native_grad else tf.nn.silu(x)
     if name == "relu":
         return tf.nn.relu(x)
     if name == "hswish":
@@ -121,7 +133,7 @@ def activation(x: tf.Tensor, name: str, native_grad: bool = False) -> tf.Tensor:
 
 
 def native_library(x: tf.Tensor, native: bool = True) -> types.ModuleType | None:
-    """The loaded native kernels for a gradient of float32 `x`, or None for TensorFlow's ops.
+    """The loaded native kernels for an op (or its gradient) on float32 `x`, or None for TensorFlow's ops.
 
     Loaded (or built) when this is called, while the forward pass is traced,
     not in the gradient function: the gradient's form is settled before any
@@ -137,18 +149,23 @@ def native_library(x: tf.Tensor, native: bool = True) -> types.ModuleType | None
     return native_ops().library if native and x.dtype == tf.float32 else None
 
 
-def swish_native_grad(x: tf.Tensor) -> tf.Tensor:
-    """`tf.nn.silu(x)` whose gradient is one native kernel where this machine builds it.
+def swish_native_grad(x: tf.Tensor, native_forward: bool = False) -> tf.Tensor:
+    """`tf.nn.silu(x)` whose gradient (and forward pass) are native kernels where this machine builds them.
 
-    The forward pass is `tf.nn.silu` itself (the same graph for Grappler to
-    fuse, so the same values as before in op-by-op and compiled steps). The
-    gradient, dy * s * (1 + x * (1 - s)) with s = sigmoid(x), is
+    The gradient, dy * s * (1 + x * (1 - s)) with s = sigmoid(x), is
     `BignasSwishGrad` (`native.native_ops`: one pass over x and dy) for
-    float32; else, or where the kernel does not build, TensorFlow's ops in
-    the order `tf.nn.silu`'s gradient uses.
+    float32. With `native_forward` (training), the forward pass is
+    `BignasSwish`, the same kernel op by op and in a compiled step, where
+    `tf.nn.silu`'s Sigmoid and Mul are one oneDNN swish in a graph (Grappler's
+    remapper) and two ops op by op, which round apart: a first step run op by
+    op (`SandwichStep.run_eagerly`) would not compute the compiled step's
+    losses bit for bit. Else the forward pass is `tf.nn.silu`. Where the
+    kernels do not build: `tf.nn.silu` and TensorFlow's ops in the order its
+    gradient uses.
 
     Args:
         x: Input tensor.
+        native_forward: The forward pass on `BignasSwish` too.
 
     Returns:
         x * sigmoid(x).
@@ -166,9 +183,57 @@ def swish_native_grad(x: tf.Tensor) -> tf.Tensor:
             s = tf.sigmoid(x)
             return dy * (s * (1.0 + x * (1.0 - s)))
 
+        if library is not None and native_forward:
+            return library.bignas_swish(x), grad
         return tf.nn.silu(x), grad
 
     return swish(x)
+
+
+def batch_norm_native(
+    x: tf.Tensor,
+    gamma: tf.Tensor,
+    beta: tf.Tensor,
+    epsilon: float,
+    swish: bool,
+    library: types.ModuleType,
+) -> tf.Tensor:
+    """Batch-statistics batch norm over the last axis (then swish) on one native kernel each way.
+
+    The forward pass is `BignasBatchNorm` (statistics, normalisation and
+    swish in two passes over x, with no shape-specific setup: oneDNN's batch
+    norm builds a primitive for every new shape, which a sandwich step of
+    random children meets all the time); the gradient is
+    `BignasBatchNormGrad` (dz through swish, recomputed from x, and the batch
+    norm gradient in two passes). Both compute what `FusedBatchNormV3`
+    (is_training) and `tf.nn.silu` compute, in another rounding
+    (`native.self_check`).
+
+    Args:
+        x: [..., C] float32 input.
+        gamma: [C] scale.
+        beta: [C] offset.
+        epsilon: Variance epsilon.
+        swish: Apply swish after the normalisation.
+        library: `native.native_ops().library` (see `native_library`).
+
+    Returns:
+        The normalised (and activated) tensor, shaped as x.
+    """
+
+    @tf.custom_gradient
+    def batch_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor):
+        x = tf.identity(x)  # See `depthwise_conv2d_same`.
+        y, mean, inv_std = library.bignas_batch_norm(x, gamma, beta, epsilon=epsilon, swish=swish)
+
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            return tuple(
+                library.bignas_batch_norm_grad(dy, x, gamma, beta, mean, inv_std, swish=swish)
+            )
+
+        return y, grad
+
+    return batch_norm(x, gamma, beta)
 
 
 def keras_activation(name: str) -> str:
@@ -194,18 +259,25 @@ def take(variable: tf.Variable | tf.Tensor, begin: list, size: list) -> tf.Tenso
     return tf.slice(variable, _index_vector(begin), _index_vector(size))
 
 
-def pointwise_conv(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+def pointwise_conv(x: tf.Tensor, w: tf.Tensor, matmul_forward: bool = False) -> tf.Tensor:
     """`tf.nn.conv2d(x, w, 1, "SAME")` for a 1x1 kernel, with its gradients as matrix products.
 
     The forward pass is the stock convolution (so a sliced child computes the
-    supernet's outputs bit for bit). Its two gradients are the same sums as
-    the stock ones, each one matrix product over the pixels (dx = dy w^T,
-    dw = x^T dy), which oneDNN runs faster than its 1x1 convolution
-    gradients on one thread per op (`benchmarks/conv_kernels.py`).
+    supernet's outputs bit for bit), or with `matmul_forward` one matrix
+    product over the pixels (training does not use it: the step gained 8-9%
+    with it in two of three interleaved runs at 128 px and lost 2% in the
+    third; `python -m benchmarks.fresh_shapes
+    --compare=pointwise_forward`, "Fresh shapes" in `benchmarks/README.md`). Its two
+    gradients are the same sums as the stock ones, each one matrix product
+    over the pixels (dx = dy w^T, dw = x^T dy), which oneDNN runs faster than
+    its 1x1 convolution gradients on one thread per op
+    (`benchmarks/conv_kernels.py`).
 
     Args:
         x: [B, H, W, C] input.
         w: [1, 1, C, N] kernel.
+        matmul_forward: The forward pass as a matrix product (the same sums
+            in another order).
 
     Returns:
         [B, H, W, N].
@@ -223,7 +295,11 @@ def pointwise_conv(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
             dw = tf.matmul(tf.reshape(x, [-1, xs[3]]), dy2, transpose_a=True)
             return tf.reshape(dx, xs), tf.reshape(dw, ws)
 
-        return tf.nn.conv2d(x, w, 1, "SAME"), grad
+        if not matmul_forward:
+            return tf.nn.conv2d(x, w, 1, "SAME"), grad
+        xs, ws = tf.shape(x), tf.shape(w)
+        y = tf.matmul(tf.reshape(x, [-1, xs[3]]), tf.reshape(w, ws[2:]))
+        return tf.reshape(y, tf.concat([xs[:3], ws[3:]], 0)), grad
 
     return conv(x, w)
 
@@ -392,6 +468,7 @@ class DynamicConv2D(keras.layers.Layer):
         in_ch: tf.Tensor | None = None,
         decay: tf.Tensor | None = None,
         weights: Mapping[str, tf.Tensor] | None = None,
+        matmul_forward: bool = False,
     ) -> tf.Tensor:
         """Convolves with the first `out_ch` filters over the input's channels.
 
@@ -403,6 +480,8 @@ class DynamicConv2D(keras.layers.Layer):
             decay: Slice mode: weight decay of the used kernel slice (`decayed`).
             weights: Slice mode: the full "kernel" (and "bias") to use instead
                 of this layer's own (a block traced once for several blocks).
+            matmul_forward: A 1x1 kernel on a CPU-only host in slice mode: the
+                forward pass as a matrix product (`pointwise_conv`).
 
         Returns:
             [B, H', W', out_ch] (slice) or [B, H', W', max_out] masked (mask).
@@ -415,7 +494,7 @@ class DynamicConv2D(keras.layers.Layer):
         else:
             w, b = self.kernel, self.bias
         if self.kernel_size == 1 and self.strides == 1 and cpu_gradients(mode):
-            y = pointwise_conv(x, w)
+            y = pointwise_conv(x, w, matmul_forward)
         else:
             y = tf.nn.conv2d(x, w, self.strides, "SAME")
         if b is not None:
@@ -602,8 +681,10 @@ class DynamicBatchNorm(keras.layers.Layer):
         mode: str = "slice",
         ch: tf.Tensor | None = None,
         weights: Mapping[str, tf.Tensor] | None = None,
+        act: str | None = None,
+        native: bool = False,
     ) -> tf.Tensor:
-        """Normalises the active channels.
+        """Normalises the active channels (and applies the activation that follows).
 
         Args:
             x: [B, H, W, C] input.
@@ -613,14 +694,23 @@ class DynamicBatchNorm(keras.layers.Layer):
                 slice mode (x has exactly `ch` channels) it saves a shape op.
             weights: The full "gamma" and "beta" to use instead of this
                 layer's own (a block traced once for several blocks).
+            act: The activation applied to the result (`activation`), or None.
+            native: Slice mode on a CPU-only host (`cpu_gradients`): batch
+                statistics (not synchronised) with no activation or swish run
+                on `batch_norm_native` where the kernels build, and a swish
+                otherwise takes `swish_native_grad`.
 
         Returns:
-            The normalised tensor, same shape as x.
+            The normalised (and activated) tensor, same shape as x.
         """
         # In slice mode the input has exactly `ch` channels.
         c = active_channels(x, ch if mode == "slice" else None)
         own = weights or self.full_weights()
         gamma, beta = take(own["gamma"], [0], [c]), take(own["beta"], [0], [c])
+        fusable = bn_mode == "batch" and not self.synchronized and act in (None, "swish")
+        library = native_library(x, native and mode == "slice" and fusable)
+        if library is not None:
+            return batch_norm_native(x, gamma, beta, self.epsilon, act == "swish", library)
         if bn_mode == "stored":
             mean, var = self.moving_mean[:c], self.moving_variance[:c]
             y = tf.nn.batch_normalization(x, mean, var, beta, gamma, self.epsilon)
@@ -655,7 +745,9 @@ class DynamicBatchNorm(keras.layers.Layer):
             raise ValueError(f"unknown bn_mode {bn_mode!r}; allowed: {BN_MODES}")
         if mode == "mask" and ch is not None:
             y = y * channel_mask(ch, self.max_ch, y.dtype)
-        return y
+        if act is None:
+            return y
+        return activation(y, act, native_grad=native, native_forward=native and bn_mode == "batch")
 
 
 class DynamicDense(keras.layers.Layer):

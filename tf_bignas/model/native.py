@@ -1,14 +1,20 @@
 """Native CPU kernels that TensorFlow lacks, built once per machine on first use.
 
-Two kernels (`native_kernels.cc`), both used by a slice-mode supernet's
+Native kernels (`native_kernels.cc`), all used by a slice-mode supernet's
 training step on a CPU-only host (`layers.swish_native_grad`,
-`layers.depthwise_conv2d_same`); forward passes stay the stock ops:
+`layers.depthwise_conv2d_same`, `layers.batch_norm_native`):
 
-- `BignasSwishGrad`: the gradient of swish (SiLU) in one pass over its input
-  and the incoming gradient, where TensorFlow's own gradient of `tf.nn.silu`
+- `BignasSwish` and `BignasSwishGrad`: swish (SiLU), the same kernel op by op
+  and compiled (Grappler turns `tf.nn.silu` into oneDNN's swish, which rounds
+  apart from its two ops), and its gradient in one pass over its input and
+  the incoming gradient, where TensorFlow's own gradient of `tf.nn.silu`
   runs six element-wise ops;
 - `BignasDepthwiseFilterGrad`: the depthwise filter gradient of a "SAME"
-  convolution, with no padded copy of the input, summed in a fixed order.
+  convolution, with no padded copy of the input, summed in a fixed order;
+- `BignasBatchNorm` and `BignasBatchNormGrad`: batch-statistics batch norm
+  with the swish after it, forward and backward, with no per-shape setup
+  (oneDNN builds a primitive for each new shape, and random children bring
+  new shapes at every step), sums in a fixed order.
 
 The kernels are compiled against the installed TensorFlow with the machine's
 C++ compiler (``$CXX``, else ``c++``) the first time a slice-mode layer that
@@ -47,7 +53,13 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native_kernel
 SELF_CHECK_TOLERANCE = 1e-5
 BUILD_TIMEOUT_S = 600
 # The Python names of the library's ops.
-OPS = ("bignas_swish_grad", "bignas_depthwise_filter_grad")
+OPS = (
+    "bignas_swish",
+    "bignas_swish_grad",
+    "bignas_depthwise_filter_grad",
+    "bignas_batch_norm",
+    "bignas_batch_norm_grad",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +68,11 @@ class NativeOps:
 
     Attributes:
         library: The module `tf.load_op_library` returned (its ops:
-            `bignas_swish_grad(dy, x)`,
-            `bignas_depthwise_filter_grad(x, dy, kernel_size, stride=)`), or None.
+            `bignas_swish(x)`, `bignas_swish_grad(dy, x)`,
+            `bignas_depthwise_filter_grad(x, dy, kernel_size, stride=)`,
+            `bignas_batch_norm(x, gamma, beta, epsilon=, swish=)` -> (y, mean,
+            inv_std), `bignas_batch_norm_grad(dy, x, gamma, beta, mean,
+            inv_std, swish=)` -> (dx, dgamma, dbeta)), or None.
         path: The shared library's path ("" if none was built).
         reason: Why `library` is None ("" when it is loaded).
         built: Whether this call compiled the library (False: from the cache).
@@ -114,9 +129,12 @@ def _compiler_version(compiler: str) -> str:
 def self_check(library: types.ModuleType) -> float:
     """Largest difference between the native kernels and TensorFlow's own ops.
 
-    Swish: 4,099 values of x in [-30, 30] (0 and both ends included) with
-    random incoming gradients. Depthwise: random inputs of odd and even
-    sizes, 5 to 37 channels, kernels 1, 3, 5 and 7, strides 1 and 2.
+    Swish and its gradient: 4,099 values of x in [-30, 30] (0 and both ends
+    included) with random incoming gradients. Depthwise: random inputs of odd and even
+    sizes, 5 to 37 channels, kernels 1, 3, 5 and 7, strides 1 and 2. Batch
+    norm: output and the three gradients, with swish (13 channels) and
+    without (40 channels, mean 4 against spread 2), against
+    `FusedBatchNormV3` and `tf.nn.silu`.
 
     Args:
         library: A loaded library of `native_kernels.cc`.
@@ -136,7 +154,10 @@ def _self_check(library: types.ModuleType) -> float:
     dy = tf.constant(rng.normal(size=x.shape), tf.float32)
     # tf.nn.silu's own gradient, op for op.
     s = tf.sigmoid(x)
-    cases = [(dy * (s * (1.0 + x * (1.0 - s))), library.bignas_swish_grad(dy, x))]
+    cases = [
+        (x * s, library.bignas_swish(x)),
+        (dy * (s * (1.0 + x * (1.0 - s))), library.bignas_swish_grad(dy, x)),
+    ]
     for shape, k, stride in [
         ((2, 7, 6, 21), 3, 1),
         ((2, 9, 9, 37), 5, 2),
@@ -155,6 +176,28 @@ def _self_check(library: types.ModuleType) -> float:
             padding="SAME",
         )
         cases.append((stock, library.bignas_depthwise_filter_grad(x, dy, k, stride=stride)))
+    for shape, swish, loc in [((2, 5, 7, 13), True, 0.0), ((3, 4, 4, 40), False, 4.0)]:
+        x = tf.constant(rng.normal(loc, 2.0, size=shape), tf.float32)
+        gamma = tf.constant(rng.normal(size=shape[-1]), tf.float32)
+        beta = tf.constant(rng.normal(size=shape[-1]), tf.float32)
+        dy = tf.constant(rng.normal(size=shape), tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            stock, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x,
+                scale=gamma,
+                offset=beta,
+                mean=tf.zeros([0]),
+                variance=tf.zeros([0]),
+                epsilon=1e-3,
+                exponential_avg_factor=1.0,
+                is_training=True,
+            )
+            if swish:
+                stock = tf.nn.silu(stock)
+        y, mean, inv_std = library.bignas_batch_norm(x, gamma, beta, epsilon=1e-3, swish=swish)
+        grads = library.bignas_batch_norm_grad(dy, x, gamma, beta, mean, inv_std, swish=swish)
+        cases += zip([stock, *tape.gradient(stock, [x, gamma, beta], dy)], [y, *grads])
     return max(
         float(tf.reduce_max(tf.abs(got - want)) / tf.reduce_max(tf.abs(want)))
         for want, got in cases

@@ -1,10 +1,16 @@
-// Two CPU kernels for the supernet's training step, built on the user's
-// machine by tf_bignas/model/native.py (`build_native_ops`), which checks both
+// CPU kernels for the supernet's training step, built on the user's machine
+// by tf_bignas/model/native.py (`build_native_ops`), which checks them all
 // against TensorFlow's own ops before any use.
 //
-// BignasSwishGrad: the swish (SiLU) gradient, dx = dy * s * (1 + x * (1 - s))
-// with s = sigmoid(x), in one pass over x and dy. TensorFlow's own gradient of
+// BignasSwish / BignasSwishGrad: swish (SiLU), y = x * s with s = sigmoid(x),
+// and its gradient, dx = dy * s * (1 + x * (1 - s)), each in one pass. The
+// forward op is the same kernel op by op and in a compiled graph, where
+// Grappler would turn tf.nn.silu's Sigmoid and Mul into oneDNN's swish, whose
+// bits differ from the two ops' (a first step run op by op would then lose
+// the compiled step's losses bit for bit). TensorFlow's own gradient of
 // tf.nn.silu is six element-wise ops, each a pass over the whole activation.
+// Both work in fixed blocks of elements from the first: the same bits on any
+// number of threads.
 //
 // BignasDepthwiseFilterGrad: the filter gradient of a "SAME" depthwise
 // convolution (NHWC, square kernel and stride), as
@@ -13,9 +19,18 @@
 // row in vector registers (16, 8, 4 or 1 channels at once) and added to one of
 // 8 fixed groups of rows, the groups summed in order, so the result does not
 // depend on the number of threads.
+//
+// BignasBatchNorm / BignasBatchNormGrad: batch-statistics batch norm over the
+// last dimension, optionally followed by swish, and its gradient (through the
+// swish, recomputed from x). Two passes each way; the per-channel sums go into
+// the same 8 fixed groups of rows (float within a block of rows, double
+// across blocks and groups). They need no per-shape setup, where oneDNN's
+// batch norm and swish build a primitive for every new shape.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "Eigen/Core"
@@ -23,6 +38,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
+#include "tsl/platform/denormal.h"
 
 namespace {
 
@@ -34,14 +50,59 @@ using tensorflow::errors::InvalidArgument;
 
 // ---------------------------------------------------------------- swish grad
 
-// Elements per inner block of the swish gradient: s lives in a stack buffer.
+// Elements per block of the swish kernels: s lives in a stack buffer.
 constexpr int64_t kSwishBlock = 2048;
+
+// Runs work(first, count) over fixed blocks of kSwishBlock elements, sharded
+// by whole blocks (so each element takes the same vector or scalar path on
+// any number of threads).
+template <typename Work>
+void SwishBlocks(OpKernelContext* context, int64_t size, int64_t cost_per_value,
+                 const Work& work) {
+  const int64_t blocks = (size + kSwishBlock - 1) / kSwishBlock;
+  auto run = [&](int64_t first, int64_t last) {
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t b = block * kSwishBlock;
+      work(b, std::min(kSwishBlock, size - b));
+    }
+  };
+  const auto* threads = context->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(threads->num_threads, threads->workers, blocks,
+                    kSwishBlock * cost_per_value, run);
+}
+
+class BignasSwishOp : public OpKernel {
+ public:
+  explicit BignasSwishOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
+    const Tensor& x = context->input(0);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
+    const float* xs = x.flat<float>().data();
+    float* ys = y->flat<float>().data();
+    // About 30 cycles per element (a logistic and a product).
+    SwishBlocks(context, x.NumElements(), 30, [xs, ys](int64_t b, int64_t m) {
+      alignas(64) float s_buffer[kSwishBlock];
+      Eigen::Map<const Eigen::ArrayXf> xv(xs + b, m);
+      Eigen::Map<Eigen::ArrayXf> s(s_buffer, m), yv(ys + b, m);
+      s = xv.logistic();
+      yv = xv * s;
+    });
+  }
+};
 
 class BignasSwishGradOp : public OpKernel {
  public:
   explicit BignasSwishGradOp(OpKernelConstruction* context) : OpKernel(context) {}
 
   void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
     const Tensor& dy = context->input(0);
     const Tensor& x = context->input(1);
     OP_REQUIRES(context, dy.shape() == x.shape(),
@@ -52,19 +113,14 @@ class BignasSwishGradOp : public OpKernel {
     const float* xs = x.flat<float>().data();
     const float* gs = dy.flat<float>().data();
     float* out = dx->flat<float>().data();
-    auto work = [xs, gs, out](int64_t begin, int64_t end) {
-      alignas(64) float s_buffer[kSwishBlock];
-      for (int64_t b = begin; b < end; b += kSwishBlock) {
-        const int64_t m = std::min(kSwishBlock, end - b);
-        Eigen::Map<const Eigen::ArrayXf> xv(xs + b, m), gv(gs + b, m);
-        Eigen::Map<Eigen::ArrayXf> s(s_buffer, m), ov(out + b, m);
-        s = xv.logistic();
-        ov = gv * s * (1.0f + xv * (1.0f - s));
-      }
-    };
-    const auto* threads = context->device()->tensorflow_cpu_worker_threads();
     // About 40 cycles per element (a logistic and five products).
-    tensorflow::Shard(threads->num_threads, threads->workers, x.NumElements(), 40, work);
+    SwishBlocks(context, x.NumElements(), 40, [xs, gs, out](int64_t b, int64_t m) {
+      alignas(64) float s_buffer[kSwishBlock];
+      Eigen::Map<const Eigen::ArrayXf> xv(xs + b, m), gv(gs + b, m);
+      Eigen::Map<Eigen::ArrayXf> s(s_buffer, m), ov(out + b, m);
+      s = xv.logistic();
+      ov = gv * s * (1.0f + xv * (1.0f - s));
+    });
   }
 };
 
@@ -165,6 +221,9 @@ class BignasDepthwiseFilterGradOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
     const Tensor& x = context->input(0);
     const Tensor& dy = context->input(1);
     const Tensor& kernel_size = context->input(2);
@@ -241,7 +300,325 @@ class BignasDepthwiseFilterGradOp : public OpKernel {
   int stride_;
 };
 
+// ------------------------------------------------------- batch norm (+ swish)
+
+// Values per inner block of the batch-norm kernels (whole rows of C channels):
+// a block's logistic lives in one buffer.
+constexpr int64_t kBlockValues = 4096;
+
+int64_t RowsPerBlock(int64_t C) {
+  return std::max<int64_t>(1, kBlockValues / std::max<int64_t>(C, 1));
+}
+
+using Columns = Eigen::Map<Eigen::ArrayXXf>;            // C x rows, one column per row
+using ConstColumns = Eigen::Map<const Eigen::ArrayXXf>;
+using Channels = Eigen::Map<const Eigen::ArrayXf>;      // C
+
+// x [..., C] with gamma and beta [C].
+absl::Status CheckChannels(const char* op, const Tensor& x, const Tensor& gamma,
+                           const Tensor& beta) {
+  if (x.dims() < 2 || gamma.dims() != 1 || beta.dims() != 1 ||
+      gamma.dim_size(0) != x.dim_size(x.dims() - 1) || beta.dim_size(0) != gamma.dim_size(0)) {
+    return InvalidArgument(op, ": x [..., C] needs gamma and beta [C], got x ",
+                           x.shape().DebugString(), ", gamma ", gamma.shape().DebugString(),
+                           ", beta ", beta.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+// Per-channel sums over rows, added in kRowGroups fixed groups of rows (in
+// double) and then over the groups in order: the same bits on any number of
+// threads. add(first, last, a, b) adds rows [first, last) to one group's two
+// sums a[C] and b[C].
+template <typename AddRows>
+void GroupSums(OpKernelContext* context, int64_t rows, int64_t C, int64_t cost_per_row,
+               const AddRows& add, std::vector<double>* a, std::vector<double>* b) {
+  const int64_t groups = std::max<int64_t>(1, std::min(rows, kRowGroups));
+  std::vector<double> partial(groups * 2 * C, 0.0);
+  auto work = [&](int64_t first, int64_t last) {
+    for (int64_t group = first; group < last; ++group) {
+      double* sums = partial.data() + group * 2 * C;
+      add(rows * group / groups, rows * (group + 1) / groups, sums, sums + C);
+    }
+  };
+  const auto* threads = context->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(threads->num_threads, threads->workers, groups,
+                    std::max<int64_t>(1, rows / groups) * cost_per_row, work);
+  a->assign(C, 0.0);
+  b->assign(C, 0.0);
+  for (int64_t group = 0; group < groups; ++group) {
+    const double* sums = partial.data() + group * 2 * C;
+    for (int64_t c = 0; c < C; ++c) {
+      (*a)[c] += sums[c];
+      (*b)[c] += sums[C + c];
+    }
+  }
+}
+
+// Runs work(first_row, rows_in_block) over blocks of whole rows, sharded.
+template <typename Work>
+void RowBlocks(OpKernelContext* context, int64_t rows, int64_t C, int64_t cost_per_value,
+               const Work& work) {
+  const int64_t per_block = RowsPerBlock(C);
+  const int64_t blocks = (rows + per_block - 1) / per_block;
+  auto run = [&](int64_t first, int64_t last) {
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t r = block * per_block;
+      work(r, std::min(per_block, rows - r));
+    }
+  };
+  const auto* threads = context->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(threads->num_threads, threads->workers, blocks,
+                    per_block * C * cost_per_value, run);
+}
+
+// y = x_hat * gamma + beta with x_hat = (x - mean) / sqrt(var + epsilon) over
+// the batch statistics of each channel (all dimensions but the last), then
+// swish(y) if `swish`. Outputs y, the mean and 1 / sqrt(var + epsilon), which
+// the gradient takes.
+class BignasBatchNormOp : public OpKernel {
+ public:
+  explicit BignasBatchNormOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(context, context->GetAttr("swish", &swish_));
+    OP_REQUIRES(context, epsilon_ >= 0.0f,
+                InvalidArgument("BignasBatchNorm: epsilon must be >= 0, got ", epsilon_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
+    const Tensor& x = context->input(0);
+    const Tensor& gamma = context->input(1);
+    const Tensor& beta = context->input(2);
+    OP_REQUIRES_OK(context, CheckChannels("BignasBatchNorm", x, gamma, beta));
+    const int64_t C = gamma.dim_size(0);
+    const int64_t rows = C == 0 ? 0 : x.NumElements() / C;
+    Tensor *y = nullptr, *mean_out = nullptr, *inv_std_out = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
+    OP_REQUIRES_OK(context, context->allocate_output(1, gamma.shape(), &mean_out));
+    OP_REQUIRES_OK(context, context->allocate_output(2, gamma.shape(), &inv_std_out));
+    if (rows == 0) {  // no values: the statistics are undefined, as FusedBatchNormV3's
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      std::fill_n(mean_out->flat<float>().data(), C, nan);
+      std::fill_n(inv_std_out->flat<float>().data(), C, nan);
+      return;
+    }
+    const float* xs = x.flat<float>().data();
+    // Sums of x - x[0] and its square, per channel: the shift keeps the
+    // variance exact when the mean is large against the spread.
+    const float* shift = xs;
+    std::vector<double> sum, square;
+    const int64_t per_block = RowsPerBlock(C);
+    GroupSums(
+        context, rows, C, 4 * C,
+        [xs, shift, C, per_block](int64_t first, int64_t last, double* a, double* b) {
+          std::vector<float> block_a(C), block_b(C);  // a block's sums, in float
+          float* __restrict__ fa = block_a.data();
+          float* __restrict__ fb = block_b.data();
+          for (int64_t r = first; r < last; r += per_block) {
+            const int64_t n = std::min(per_block, last - r);
+            const float* xr = xs + r * C;
+            std::fill(fa, fa + C, 0.0f);
+            std::fill(fb, fb + C, 0.0f);
+            for (int64_t i = 0; i < n; ++i) {
+              const float* __restrict__ xi = xr + i * C;
+              for (int64_t c = 0; c < C; ++c) {
+                const float d = xi[c] - shift[c];
+                fa[c] += d;
+                fb[c] += d * d;
+              }
+            }
+            for (int64_t c = 0; c < C; ++c) {
+              a[c] += fa[c];
+              b[c] += fb[c];
+            }
+          }
+        },
+        &sum, &square);
+    float* mean = mean_out->flat<float>().data();
+    float* inv_std = inv_std_out->flat<float>().data();
+    const float* g = gamma.flat<float>().data();
+    const float* o = beta.flat<float>().data();
+    std::vector<float> scale(C), offset(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const double m = sum[c] / rows;
+      const double var = std::max(square[c] / rows - m * m, 0.0);
+      mean[c] = static_cast<float>(shift[c] + m);
+      inv_std[c] = static_cast<float>(1.0 / std::sqrt(var + epsilon_));
+      scale[c] = g[c] * inv_std[c];
+      offset[c] = o[c] - mean[c] * scale[c];
+    }
+    float* ys = y->flat<float>().data();
+    const bool swish = swish_;
+    RowBlocks(context, rows, C, swish ? 40 : 4, [&](int64_t r, int64_t n) {
+      alignas(64) float s_buffer[kBlockValues];
+      ConstColumns xv(xs + r * C, C, n);
+      Columns yv(ys + r * C, C, n);
+      yv = (xv.colwise() * Channels(scale.data(), C)).colwise() + Channels(offset.data(), C);
+      if (swish) {
+        Eigen::Map<Eigen::ArrayXf> z(ys + r * C, n * C), s(s_buffer, n * C);
+        s = z.logistic();
+        z *= s;
+      }
+    });
+  }
+
+ private:
+  float epsilon_;
+  bool swish_;
+};
+
+// The gradient of BignasBatchNorm: dx, dgamma, dbeta from dy and the forward
+// op's x, gamma, beta, mean and 1 / sqrt(var + epsilon). With dz the gradient
+// at the normalised output (through swish when `swish`, from z recomputed),
+// dbeta = sum dz, dgamma = sum dz * x_hat and
+// dx = gamma / std * (dz - mean(dz) - x_hat * mean(dz * x_hat)).
+class BignasBatchNormGradOp : public OpKernel {
+ public:
+  explicit BignasBatchNormGradOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("swish", &swish_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
+    const Tensor& dy = context->input(0);
+    const Tensor& x = context->input(1);
+    const Tensor& gamma = context->input(2);
+    const Tensor& beta = context->input(3);
+    const Tensor& mean_in = context->input(4);
+    const Tensor& inv_std_in = context->input(5);
+    OP_REQUIRES(context, dy.shape() == x.shape(),
+                InvalidArgument("BignasBatchNormGrad: dy and x must have the same shape, got ",
+                                dy.shape().DebugString(), " and ", x.shape().DebugString()));
+    OP_REQUIRES_OK(context, CheckChannels("BignasBatchNormGrad", x, gamma, beta));
+    OP_REQUIRES(context, mean_in.shape() == gamma.shape() && inv_std_in.shape() == gamma.shape(),
+                InvalidArgument("BignasBatchNormGrad: mean and inv_std must be [C] as gamma ",
+                                gamma.shape().DebugString(), ", got ",
+                                mean_in.shape().DebugString(), " and ",
+                                inv_std_in.shape().DebugString()));
+    const int64_t C = gamma.dim_size(0);
+    const int64_t rows = C == 0 ? 0 : x.NumElements() / C;
+    Tensor *dx = nullptr, *dgamma_out = nullptr, *dbeta_out = nullptr;
+    // Not dy's buffer: the loops below vectorise on pointers that do not alias.
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(context, context->allocate_output(1, gamma.shape(), &dgamma_out));
+    OP_REQUIRES_OK(context, context->allocate_output(2, gamma.shape(), &dbeta_out));
+    float* dgamma = dgamma_out->flat<float>().data();
+    float* dbeta = dbeta_out->flat<float>().data();
+    std::fill(dgamma, dgamma + C, 0.0f);
+    std::fill(dbeta, dbeta + C, 0.0f);
+    if (rows == 0) return;
+    const float* xs = x.flat<float>().data();
+    const float* gs = dy.flat<float>().data();
+    float* out = dx->flat<float>().data();
+    const float* g = gamma.flat<float>().data();
+    const float* o = beta.flat<float>().data();
+    const float* mean = mean_in.flat<float>().data();
+    const float* inv_std = inv_std_in.flat<float>().data();
+    // z = x * scale + shift: the normalised output, before swish.
+    std::vector<float> scale(C), shift(C);
+    for (int64_t c = 0; c < C; ++c) {
+      scale[c] = g[c] * inv_std[c];
+      shift[c] = o[c] - mean[c] * scale[c];
+    }
+    const bool swish = swish_;
+    // Pass 1: per channel sum(dz) and sum(dz * (x - mean)), with dz into dx's
+    // buffer when it differs from dy (through swish).
+    std::vector<double> sum_dz, sum_dz_xc;
+    const int64_t per_block = RowsPerBlock(C);
+    GroupSums(
+        context, rows, C, C * (swish ? 40 : 4),
+        [&](int64_t first, int64_t last, double* a, double* b) {
+          alignas(64) float z_buffer[kBlockValues];
+          alignas(64) float s_buffer[kBlockValues];
+          std::vector<float> block_a(C), block_b(C);  // a block's sums, in float
+          float* __restrict__ fa = block_a.data();
+          float* __restrict__ fb = block_b.data();
+          const float* __restrict__ sc = scale.data();
+          const float* __restrict__ sh = shift.data();
+          const float* __restrict__ mu = mean;
+          for (int64_t r = first; r < last; r += per_block) {
+            const int64_t n = std::min(per_block, last - r);
+            const float* xr = xs + r * C;
+            const float* gr = gs + r * C;  // dz of the block
+            std::fill(fa, fa + C, 0.0f);
+            std::fill(fb, fb + C, 0.0f);
+            if (swish) {
+              for (int64_t i = 0; i < n; ++i) {
+                const float* __restrict__ xi = xr + i * C;
+                float* __restrict__ zi = z_buffer + i * C;
+                for (int64_t c = 0; c < C; ++c) zi[c] = xi[c] * sc[c] + sh[c];
+              }
+              // dz = dy * s * (1 + z * (1 - s)) with s = sigmoid(z), into s's buffer
+              // and dx's; then summed as dy is without swish.
+              Eigen::Map<Eigen::ArrayXf> s(s_buffer, n * C);
+              Eigen::Map<const Eigen::ArrayXf> z(z_buffer, n * C);
+              s = z.logistic();
+              s = Eigen::Map<const Eigen::ArrayXf>(gr, n * C) * s * (1.0f + z * (1.0f - s));
+              Eigen::Map<Eigen::ArrayXf>(out + r * C, n * C) = s;
+              gr = s_buffer;
+            }
+            for (int64_t i = 0; i < n; ++i) {
+              const float* __restrict__ gi = gr + i * C;
+              const float* __restrict__ xi = xr + i * C;
+              for (int64_t c = 0; c < C; ++c) {
+                fa[c] += gi[c];
+                fb[c] += gi[c] * (xi[c] - mu[c]);
+              }
+            }
+            for (int64_t c = 0; c < C; ++c) {
+              a[c] += fa[c];
+              b[c] += fb[c];
+            }
+          }
+        },
+        &sum_dz, &sum_dz_xc);
+    // Pass 2: dx = k * (dz - mean(dz)) - m * (x - mean), from the sums.
+    std::vector<float> k(C), m(C), mean_dz(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const double sum_dz_xhat = sum_dz_xc[c] * inv_std[c];
+      const double gi = static_cast<double>(g[c]) * inv_std[c];
+      k[c] = static_cast<float>(gi);
+      m[c] = static_cast<float>(gi * (sum_dz_xhat / rows) * inv_std[c]);
+      mean_dz[c] = static_cast<float>(sum_dz[c] / rows);
+      dgamma[c] = static_cast<float>(sum_dz_xhat);
+      dbeta[c] = static_cast<float>(sum_dz[c]);
+    }
+    const float* dzs = swish ? out : gs;
+    RowBlocks(context, rows, C, 4, [&](int64_t r, int64_t n) {
+      const float* __restrict__ kc = k.data();
+      const float* __restrict__ mc = m.data();
+      const float* __restrict__ md = mean_dz.data();
+      const float* __restrict__ mu = mean;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* __restrict__ xi = xs + (r + i) * C;
+        const float* __restrict__ di = dzs + (r + i) * C;
+        float* __restrict__ oi = out + (r + i) * C;
+        for (int64_t c = 0; c < C; ++c) oi[c] = kc[c] * (di[c] - md[c]) - mc[c] * (xi[c] - mu[c]);
+      }
+    });
+  }
+
+ private:
+  bool swish_;
+};
+
 }  // namespace
+
+REGISTER_OP("BignasSwish")
+    .Input("x: float")
+    .Output("y: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return tensorflow::OkStatus();
+    })
+    .Doc("x * sigmoid(x).");
+
+REGISTER_KERNEL_BUILDER(Name("BignasSwish").Device(tensorflow::DEVICE_CPU), BignasSwishOp);
 
 REGISTER_OP("BignasSwishGrad")
     .Input("dy: float")
@@ -276,3 +653,45 @@ REGISTER_KERNEL_BUILDER(Name("BignasDepthwiseFilterGrad")
                             .Device(tensorflow::DEVICE_CPU)
                             .HostMemory("kernel_size"),
                         BignasDepthwiseFilterGradOp);
+
+REGISTER_OP("BignasBatchNorm")
+    .Input("x: float")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Attr("epsilon: float")
+    .Attr("swish: bool")
+    .Output("y: float")
+    .Output("mean: float")
+    .Output("inv_std: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->input(1));
+      c->set_output(2, c->input(1));
+      return tensorflow::OkStatus();
+    })
+    .Doc("Batch-statistics batch norm over the last dimension, then swish if `swish`.");
+
+REGISTER_KERNEL_BUILDER(Name("BignasBatchNorm").Device(tensorflow::DEVICE_CPU),
+                        BignasBatchNormOp);
+
+REGISTER_OP("BignasBatchNormGrad")
+    .Input("dy: float")
+    .Input("x: float")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Input("mean: float")
+    .Input("inv_std: float")
+    .Attr("swish: bool")
+    .Output("dx: float")
+    .Output("dgamma: float")
+    .Output("dbeta: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      c->set_output(2, c->input(2));
+      return tensorflow::OkStatus();
+    })
+    .Doc("Gradient of BignasBatchNorm with respect to x, gamma and beta.");
+
+REGISTER_KERNEL_BUILDER(Name("BignasBatchNormGrad").Device(tensorflow::DEVICE_CPU),
+                        BignasBatchNormGradOp);

@@ -52,6 +52,7 @@ into the BN layers' moving variables, which `training=False` then uses.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Mapping
 
 import keras
@@ -157,11 +158,22 @@ def run_ops(
             instead of its own (`Supernet` traces a block once for every
             block of the same shape); None for the layers' own.
         native: Slice mode on a CPU-only host: the depthwise filter and swish
-            gradients on the native kernels where they build (`native`).
+            gradients, and batch-statistics BN (with the swish after it), on
+            the native kernels where they build (`native`).
 
     Returns:
         The output of the last op.
     """
+    # A BN whose only reader is an activation applies it itself (one native
+    # kernel each way for BN + swish; `DynamicBatchNorm.call`).
+    readers = collections.Counter(name for op in ops for name in op.inputs)
+    act_of = {
+        op.name: nxt.function
+        for op, nxt in zip(ops, ops[1:])
+        if op.kind == "bn" and nxt.kind == "act" and nxt.inputs == (op.name,)
+        if readers[op.name] == 1
+    }
+    native = native and cpu_gradients(mode)
     values = {ops[0].inputs[0]: x}
     # Active channels of each value, where a width sets them (None: read the
     # tensor's shape); the layers slice with these instead of new shape ops.
@@ -175,16 +187,36 @@ def run_ops(
         own = None if weights is None or kind not in WEIGHTED_KINDS else weights(op.name)
         if kind == "conv":
             y = layers(op.name)(
-                h, widths[op.width], mode=mode, in_ch=in_ch, decay=decay, weights=own
+                h,
+                widths[op.width],
+                mode=mode,
+                in_ch=in_ch,
+                decay=decay,
+                weights=own,
             )
         elif kind == "dwconv":
             y = layers(op.name)(
                 h, kernel, mode=mode, in_ch=in_ch, decay=decay, weights=own, native=native
             )
         elif kind == "bn":
-            y = layers(op.name)(h, bn_mode=bn_mode, mode=mode, ch=widths[op.width], weights=own)
+            y = layers(op.name)(
+                h,
+                bn_mode=bn_mode,
+                mode=mode,
+                ch=widths[op.width],
+                weights=own,
+                act=act_of.get(op.name),
+                native=native,
+            )
         elif kind == "act":
-            y = activation(h, op.function, native_grad=native and cpu_gradients(mode))
+            # Applied by the BN before it, or here.
+            # Training's swish forward on the native kernel too (`activation`).
+            forward = native and bn_mode == "batch"
+            y = (
+                h
+                if op.inputs[0] in act_of
+                else activation(h, op.function, native_grad=native, native_forward=forward)
+            )
         elif kind == "se_pool":
             y = tf.reduce_mean(h, axis=[1, 2], keepdims=True)
         elif kind == "global_pool":
@@ -272,7 +304,7 @@ class MBConvBlock(keras.layers.Layer):
             mode: "slice" or "mask".
             active: Mask mode only: 1.0 if the layer is active, 0.0 to skip it.
             decay: Slice mode: weight decay of the kernel slices used, or None.
-            native: The native gradient kernels where they build (`run_ops`).
+            native: The native kernels where they build (`run_ops`).
 
         Returns:
             The block output.
@@ -296,8 +328,9 @@ class Supernet(keras.Model):
         dropout_rate: Dropout before the classifier, applied when `dropout=True`.
         bn_epsilon: BN epsilon.
         native_kernels: Slice mode on a CPU-only host: the depthwise filter and
-            swish gradients on native kernels (`tf_bignas.model.native`; built
-            on first use, TensorFlow's ops where they do not build); False:
+            swish gradients, and training's batch norm with the swish after
+            it, on native kernels (`tf_bignas.model.native`; built on first
+            use, TensorFlow's ops where they do not build); False:
             TensorFlow's ops always.
         name: Model name.
 

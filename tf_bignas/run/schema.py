@@ -269,10 +269,11 @@ _RUNTIME = (
          "the trace and graph optimisation; the weights after it agree with the compiled "
          "step's to float rounding. One device, no XLA.", resume=True),
     _opt("runtime.native_kernels", True, _BOOL,
-         "CPU-only hosts, slice mode: the depthwise filter and swish gradients on two native "
-         "kernels that the machine's C++ compiler builds on first use (about 10 s, once; "
-         "tf_bignas.model.native) instead of TensorFlow's ops; where they do not build, "
-         "TensorFlow's ops with a warning. The same functions in another float rounding.",
+         "CPU-only hosts, slice mode: the depthwise filter and swish gradients, and training's "
+         "batch norm with the swish after it (both ways), on native kernels that the "
+         "machine's C++ compiler builds on first use (about 10 s, once; "
+         "tf_bignas.model.native) instead of TensorFlow's ops; where the kernels do not "
+         "build, TensorFlow's ops with a warning. The same functions in another float rounding.",
          resume=True),
     _opt("runtime.graph_cache_dir", "workdir", _TEXT,
          "Where the training step's trace and optimised graph are kept for the next process "

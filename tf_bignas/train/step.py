@@ -336,6 +336,27 @@ def function_call_options(options: tf_context.FunctionCallOptions | None) -> Ite
         ctx.function_call_options = before
 
 
+def smoothed_labels(labels: tf.Tensor, num_classes: int, eps: tf.Tensor | float) -> tf.Tensor:
+    """One-hot labels with label smoothing: (1 - eps) on the label, plus eps / classes on all.
+
+    Written as eps times 1 / classes, not eps / classes: in a compiled step,
+    Grappler's constant folding turns a division by a constant into that
+    product, which rounds apart from the division that a step run op by op
+    computes (0.1 / 10 is 0.0099999998 in float32, 0.1 * 0.1 is 0.0100000007),
+    and the largest child's loss would then differ by a rounding step between
+    the two (`SandwichStep.run_eagerly`).
+
+    Args:
+        labels: [B] int class indices.
+        num_classes: Number of classes.
+        eps: Label smoothing in [0, 1] (a float32 scalar tensor or a float).
+
+    Returns:
+        [B, num_classes] float32 targets, each row summing to 1 up to rounding.
+    """
+    return tf.one_hot(labels, num_classes) * (1.0 - eps) + eps * (1.0 / num_classes)
+
+
 def is_decayed(variable: keras.Variable) -> bool:
     """Whether weight decay applies to a variable (conv, depthwise and dense kernels)."""
     name = variable.path.rsplit("/", 1)[-1]
@@ -864,7 +885,7 @@ class SandwichStep:
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         base_seed = tf.stack([knobs["seed"], step])
         eps = knobs["label_smoothing"]
-        smooth = tf.one_hot(labels, net.num_classes) * (1.0 - eps) + eps / net.num_classes
+        smooth = smoothed_labels(labels, net.num_classes, eps)
         resolutions = self.resolutions
         # Ablation (data.crop_per_child): [B, K, r, r, 3], the k-th crop for the k-th child.
         crops = images[resolutions[0]].shape[1] if images[resolutions[0]].shape.rank == 5 else 0
