@@ -241,9 +241,17 @@ def sample_jpegs(request, image_folder: ImageFolder) -> list[bytes]:
 
 
 def digit_batches(resolutions, batch_size: int, count: int, seed: int) -> list:
-    """`count` training batches of embedded digits at every resolution (no augmentation)."""
+    """`count` training batches of embedded digits at every resolution (no augmentation).
+
+    The same batches whatever ran before in the process: tf.data's shuffle
+    combines its seed with TensorFlow's global seed, which a training run
+    sets, so the global seed is set here first.
+    """
+    import tensorflow as tf
+
     from tf_bignas.data import build_train_dataset
 
+    tf.random.set_seed(seed)
     ds = build_train_dataset(
         "embedded", "train", resolutions, batch_size, augment="none", seed=seed
     )
