@@ -53,22 +53,29 @@ using tensorflow::errors::InvalidArgument;
 // Elements per block of the swish kernels: s lives in a stack buffer.
 constexpr int64_t kSwishBlock = 2048;
 
-// Runs work(first, count) over fixed blocks of kSwishBlock elements, sharded
-// by whole blocks (so each element takes the same vector or scalar path on
-// any number of threads).
+// Runs work(first, count) over fixed blocks of per_block units from the first
+// (the last block may be short), sharded by whole blocks: each unit is in the
+// same block, so takes the same vector or scalar path, on any number of
+// threads.
 template <typename Work>
-void SwishBlocks(OpKernelContext* context, int64_t size, int64_t cost_per_value,
-                 const Work& work) {
-  const int64_t blocks = (size + kSwishBlock - 1) / kSwishBlock;
+void FixedBlocks(OpKernelContext* context, int64_t units, int64_t per_block,
+                 int64_t cost_per_block, const Work& work) {
+  const int64_t blocks = (units + per_block - 1) / per_block;
   auto run = [&](int64_t first, int64_t last) {
     for (int64_t block = first; block < last; ++block) {
-      const int64_t b = block * kSwishBlock;
-      work(b, std::min(kSwishBlock, size - b));
+      const int64_t b = block * per_block;
+      work(b, std::min(per_block, units - b));
     }
   };
   const auto* threads = context->device()->tensorflow_cpu_worker_threads();
-  tensorflow::Shard(threads->num_threads, threads->workers, blocks,
-                    kSwishBlock * cost_per_value, run);
+  tensorflow::Shard(threads->num_threads, threads->workers, blocks, cost_per_block, run);
+}
+
+// Runs work(first, count) over fixed blocks of kSwishBlock elements.
+template <typename Work>
+void SwishBlocks(OpKernelContext* context, int64_t size, int64_t cost_per_value,
+                 const Work& work) {
+  FixedBlocks(context, size, kSwishBlock, kSwishBlock * cost_per_value, work);
 }
 
 class BignasSwishOp : public OpKernel {
@@ -360,16 +367,7 @@ template <typename Work>
 void RowBlocks(OpKernelContext* context, int64_t rows, int64_t C, int64_t cost_per_value,
                const Work& work) {
   const int64_t per_block = RowsPerBlock(C);
-  const int64_t blocks = (rows + per_block - 1) / per_block;
-  auto run = [&](int64_t first, int64_t last) {
-    for (int64_t block = first; block < last; ++block) {
-      const int64_t r = block * per_block;
-      work(r, std::min(per_block, rows - r));
-    }
-  };
-  const auto* threads = context->device()->tensorflow_cpu_worker_threads();
-  tensorflow::Shard(threads->num_threads, threads->workers, blocks,
-                    per_block * C * cost_per_value, run);
+  FixedBlocks(context, rows, per_block, per_block * C * cost_per_value, work);
 }
 
 // y = x_hat * gamma + beta with x_hat = (x - mean) / sqrt(var + epsilon) over
