@@ -1,6 +1,7 @@
 """Training throughput and time to first step, as issue 22 compares them with AttentiveNAS.
 
     python -m benchmarks.throughput
+    python -m benchmarks.throughput --isa=avx2
     python -m benchmarks.throughput --resolutions=64 --steps=4
 
 For each resolution, in a fresh process (so nothing traced or cached carries
@@ -44,7 +45,12 @@ prints, per resolution:
   1.51 = 0.132 of matmul at 64 px and 0.20 / 1.205 = 0.166 at 128 px. The
   ratio to an in-process matmul carries that comparison to another machine
   of the same kind; it is an estimate, not a side-by-side run;
-- peak RSS: the process's high-water resident memory over all of it.
+- peak RSS: the process's high-water resident memory over all of it;
+- code: the instruction set that ran. Issue 22's machine has AVX2 and no
+  AVX-512; on a newer x86 host, `--isa=avx2` runs the code that machine
+  runs (oneDNN's AVX2 kernels, for the step and the matmul alike, and the
+  native kernels built for x86-64-v3), so the ratio to matmul compares like
+  with like.
 
 Targets (issue 22): ours / peer >= 2.0 at 64 and 128 px; first step <= 15 s at
 64 px.
@@ -58,6 +64,7 @@ import sys
 import tempfile
 import time
 import types
+from typing import Any
 
 from absl import app, flags
 
@@ -95,6 +102,25 @@ _EAGER = flags.DEFINE_bool(
     "run does (runtime.eager_first_step); --noeager_first_step: the compiled step first.",
 )
 _CACHE_DIR = flags.DEFINE_string("cache_dir", "", "Internal: the graph cache of this process.")
+# --isa: the environment of the measured processes (TensorFlow's own Eigen
+# kernels are built for AVX in the pip wheel and take no such limit).
+ISA_ENV = types.MappingProxyType(
+    {
+        "native": types.MappingProxyType({}),
+        "avx2": types.MappingProxyType(
+            {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_BIGNAS_NATIVE_MARCH": "x86-64-v3"}
+        ),
+    }
+)
+_ISA = flags.DEFINE_enum(
+    "isa",
+    "native",
+    list(ISA_ENV),
+    "Instruction set of the measured processes: native = the machine's own; avx2 = "
+    "oneDNN's AVX2 kernels (ONEDNN_MAX_CPU_ISA) and native kernels built for x86-64-v3 "
+    "(TF_BIGNAS_NATIVE_MARCH), the code an AVX2-only machine such as issue 22's runs, "
+    "on a newer x86 host.",
+)
 
 # Issue 22's side-by-side measurement (see the module docstring): the peer's
 # effective MAC rate as a fraction of the same process's 2048^2 matmul rate.
@@ -108,7 +134,7 @@ def _rss_peak_mib() -> float:
         return int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) / 1024
 
 
-def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
+def _measure(resolution: int, spawned_at: float) -> dict[str, Any]:
     """Everything of one resolution, in this (fresh) process.
 
     Args:
@@ -123,7 +149,7 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     import tensorflow as tf
 
     from benchmarks.common import matmul_gmacs_on_cores
-    from tf_bignas.model import Supernet, cost
+    from tf_bignas.model import Supernet, cost, native
     from tf_bignas.run.optimizers import RMSpropTF
     from tf_bignas.space import get_space
     from tf_bignas.train.graph_cache import CHECKSUM_SUFFIX
@@ -205,7 +231,11 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     # On every core, as the step runs: one matmul per core that an op leaves free.
     cores = available_cores()
     matmul = matmul_gmacs_on_cores(intra, cores)
+    kernels = native.native_ops()
     return {
+        "native_kernels": os.path.basename(kernels.path) if kernels.library else kernels.reason,
+        "native_march": native.target_arch(),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"),
         "python_start_s": started - spawned_at,
         "import_s": imported - started,
         "build_s": built - imported,
@@ -230,14 +260,14 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, float]:
     }
 
 
-def _report(res: int, r: dict[str, float], warm: dict[str, float] | None) -> None:
+def _report(res: int, r: dict[str, Any], warm: dict[str, Any] | None) -> None:
     """Prints one resolution's figures (and those of the process that read the graph cache)."""
     ratio = r["gmacs"] / r["matmul_gmacs"]
     peer = PEER_RATIO_TO_MATMUL.get(res)
     vs_peer = f"{ratio / peer:.2f} (target >= {TARGET_OVER_PEER})" if peer else "n/a"
     target = f"  (target <= {TARGET_FIRST_STEP_S:.0f} s)" if res == 64 else ""
 
-    def first(m: dict[str, float]) -> str:
+    def first(m: dict[str, Any]) -> str:
         start = (
             f"python {m['python_start_s']:.1f} + imports {m['import_s']:.1f} + "
             f"build {m['build_s']:.1f}"
@@ -275,6 +305,8 @@ def _report(res: int, r: dict[str, float], warm: dict[str, float] | None) -> Non
         f"in the same process; ratio {ratio:.3f}",
         f"  ours / peer    {vs_peer}  (peer {peer or float('nan'):.3f} of matmul, issue 22)",
         f"  peak RSS       {r['peak_rss_mib']:6.0f} MiB",
+        f"  code           oneDNN ISA {r['onednn_max_isa']}, native kernels "
+        f"-march={r['native_march']}: {r['native_kernels']}",
     ]
     print("\n".join(lines), flush=True)
 
@@ -285,9 +317,11 @@ def main(argv: list[str]) -> None:
         print(json.dumps(_measure(_CHILD.value, _SPAWNED.value)))
         return
     passed = [a for a in sys.argv[1:] if not a.startswith("--resolutions")]
+    os.environ.update(ISA_ENV[_ISA.value])  # the measured processes inherit it
     print(
         f"space={_SPACE.value} batch={_BATCH.value} classes={_NUM_CLASSES.value} "
         f"threads={_THREADS.value} lanes={_LANES.value} steps={_STEPS.value}, "
+        f"isa={_ISA.value} {dict(ISA_ENV[_ISA.value])}, "
         f"{os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f}"
     )

@@ -231,7 +231,7 @@ def test_the_batch_norm_kernels_take_a_batch_of_no_values(built):
     np.testing.assert_array_equal(dbeta.numpy(), 0)
 
 
-def test_the_batch_norm_and_swish_kernels_give_the_same_bits_on_one_thread_and_two(built):
+def test_the_batch_norm_swish_and_scale_kernels_give_the_same_bits_on_one_thread_and_two(built):
     script = (
         "import hashlib, sys, numpy as np, tensorflow as tf\n"
         "tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))\n"
@@ -242,6 +242,7 @@ def test_the_batch_norm_and_swish_kernels_give_the_same_bits_on_one_thread_and_t
         "y, m, s = lib.bignas_batch_norm(x, g, b, epsilon=1e-3, swish=True)\n"
         "out = [y, m, s, *lib.bignas_batch_norm_grad(dy, x, g, b, m, s, swish=True)]\n"
         "out += [lib.bignas_swish(x), lib.bignas_swish_grad(dy, x)]\n"
+        "out += lib.bignas_scale_channels_grad(dy, x, tf.reduce_mean(x, [1, 2], keepdims=True))\n"
         "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in out)).hexdigest())\n"
     )
     digests = [_python(script, threads, native.native_ops().path).split()[-1] for threads in (1, 2)]
@@ -260,6 +261,55 @@ def test_the_batch_norm_kernels_reject_mismatched_shapes(built):
         )
     with pytest.raises(tf.errors.InvalidArgumentError, match="mean and inv_std must be"):
         library.bignas_batch_norm_grad(x, x, three, three, tf.ones([2]), three, swish=False)
+
+
+def test_the_scale_channels_kernel_computes_both_stock_gradients(built):
+    library = built[2]
+    rng = np.random.default_rng(6)
+    # No pixels, one pixel, part of a block, several blocks; 3-D and 4-D.
+    for shape in [(2, 0, 3, 5), (3, 1, 1, 7), (2, 5, 9, 13), (4, 33, 29, 40), (3, 200, 17)]:
+        x = tf.constant(rng.normal(size=shape), tf.float32)
+        dy = tf.constant(rng.normal(size=shape), tf.float32)
+        s = tf.constant(rng.normal(size=(shape[0], *[1] * (len(shape) - 2), shape[-1])), tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch([x, s])
+            y = x * s
+        want_dx, want_ds = tape.gradient(y, [x, s], output_gradients=dy)
+        dx, ds = library.bignas_scale_channels_grad(dy, x, s)
+        assert dx.shape == x.shape and ds.shape == s.shape
+        np.testing.assert_array_equal(dx.numpy(), want_dx.numpy())  # one product: the same bits
+        want = want_ds.numpy()
+        np.testing.assert_allclose(ds.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # Through `layers.scale_channels`, op by op and compiled: the same bits,
+    # and the native gradient only where asked for.
+    x, s = tf.constant(rng.normal(size=(2, 6, 6, 8)), tf.float32), tf.ones([2, 1, 1, 8])
+
+    def grads(x, s, native):
+        with tf.GradientTape() as tape:
+            tape.watch([x, s])
+            y = layers.scale_channels(x, s, native)
+        return tape.gradient(y, [x, s], output_gradients=x)
+
+    compiled = tf.function(grads)
+    for a, b in zip(grads(x, s, True), compiled(x, s, True)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert "BignasScaleChannelsGrad" in graph_op_types(compiled.get_concrete_function(x, s, True))
+    assert "BignasScaleChannelsGrad" not in graph_op_types(
+        compiled.get_concrete_function(x, s, False)
+    )
+
+
+def test_the_scale_channels_kernel_rejects_mismatched_shapes(built):
+    library, x = built[2], tf.ones([2, 4, 4, 3])
+    for dy, s in [
+        (tf.ones([2, 4, 4, 2]), tf.ones([2, 1, 1, 3])),  # dy is not x's shape
+        (x, tf.ones([2, 1, 1, 4])),  # another channel count
+        (x, tf.ones([1, 1, 1, 3])),  # another batch
+        (x, tf.ones([2, 4, 1, 3])),  # not one value per sample and channel
+        (x, tf.ones([2, 3])),  # another rank
+    ]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"need s \[N, 1, ..., 1, C\]"):
+            library.bignas_scale_channels_grad(dy, x, s)
 
 
 def test_a_second_process_loads_the_cached_library_without_building(built):
@@ -289,6 +339,64 @@ def test_a_failed_build_names_the_compiler_error_and_leaves_nothing(tmp_path):
     assert ops.library is None
     assert "exit 3" in ops.reason and "no such header" in ops.reason
     assert os.listdir(cache) == []  # no half-written library under any name
+
+
+def test_the_target_arch_is_the_compilers_march_and_a_build_of_its_own(tmp_path, monkeypatch):
+    fake = tmp_path / "fake-c++"
+    fake.write_text(
+        '#!/bin/sh\nif [ "$1" = "--version" ]; then echo "fake 1.0"; exit 0; fi\n'
+        'echo "args: $*" >&2\nexit 3\n'
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.delenv("TF_BIGNAS_NATIVE_MARCH", raising=False)
+    assert native.target_arch() == "native"
+    monkeypatch.setenv("TF_BIGNAS_NATIVE_MARCH", "x86-64-v3")
+    ops = native.build_native_ops(cache_dir=str(tmp_path / "cache"), compiler=str(fake))
+    assert " -march=x86-64-v3 " in ops.reason and "-march=native" not in ops.reason
+
+
+@pytest.mark.skipif(
+    "avx2" not in native._cpu_features().split(), reason="builds AVX2 code: x86 with AVX2 only"
+)
+def test_an_avx2_build_is_cached_apart_passes_its_check_and_gives_the_same_filter_grads(
+    built, tmp_path, monkeypatch
+):
+    native_path = built[1][0]
+    monkeypatch.setenv("TF_BIGNAS_NATIVE_MARCH", "x86-64-v3")
+    path, reason, was_built, check = _build_in_a_new_process(tmp_path)
+    assert reason == "" and was_built
+    assert os.path.basename(path) != os.path.basename(native_path)  # another cache entry
+    assert check <= native.SELF_CHECK_TOLERANCE
+    # The depthwise filter gradient sums each channel in the same order with
+    # 8-lane vectors (AVX2) as with 16 (AVX-512): the same bits.
+    rng = np.random.default_rng(1)
+    cases = [((4, 17, 17, 40), 3, 1), ((3, 16, 16, 37), 5, 2), ((2, 8, 8, 72), 7, 1)]
+    inputs = {}
+    for i, (shape, _, stride) in enumerate(cases):
+        out = [shape[0], -(-shape[1] // stride), -(-shape[2] // stride), shape[3]]
+        inputs[f"x{i}"] = rng.normal(size=shape).astype(np.float32)
+        inputs[f"dy{i}"] = rng.normal(size=out).astype(np.float32)
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    _python(
+        "import sys\n"
+        "import numpy as np\n"
+        "from tf_bignas.model import native\n"
+        "lib = native.build_native_ops(cache_dir=sys.argv[1]).library\n"
+        "a = np.load(sys.argv[2])\n"
+        f"cases = {[(k, s) for _, k, s in cases]}\n"
+        "np.savez(sys.argv[3], *[lib.bignas_depthwise_filter_grad(\n"
+        "    a[f'x{i}'], a[f'dy{i}'], k, stride=s).numpy() for i, (k, s) in enumerate(cases)])\n",
+        tmp_path,
+        tmp_path / "inputs.npz",
+        tmp_path / "avx2.npz",
+    )
+    avx2 = np.load(tmp_path / "avx2.npz")
+    library = built[2]
+    for i, (_, k, stride) in enumerate(cases):
+        ours = library.bignas_depthwise_filter_grad(
+            inputs[f"x{i}"], inputs[f"dy{i}"], k, stride=stride
+        ).numpy()
+        np.testing.assert_array_equal(avx2[f"arr_{i}"], ours)
 
 
 def test_a_corrupt_cached_library_is_reported_not_loaded(built, tmp_path):
@@ -361,7 +469,7 @@ def test_a_supernet_without_native_kernels_computes_the_same_gradients_with_tens
         grads[flag] = [g.numpy() for g in step(images, encoded)]
         types[flag] = graph_op_types(step.get_concrete_function(images, encoded))
     native = {"BignasSwish", "BignasSwishGrad", "BignasDepthwiseFilterGrad", "BignasBatchNorm"}
-    assert native | {"BignasBatchNormGrad"} <= types[True]
+    assert native | {"BignasBatchNormGrad", "BignasScaleChannelsGrad"} <= types[True]
     assert not native & types[False]
     assert nets[False].get_config()["native_kernels"] is False
     for a, b in zip(grads[True], grads[False]):

@@ -48,7 +48,17 @@ def _run_benchmark(module: str, *flags: str) -> str:
     return proc.stdout
 
 
+def _has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(line.startswith("flags") and " avx2" in line for line in f)
+    except OSError:
+        return False
+
+
 def test_throughput_prints_first_step_rate_ratio_and_rss_from_a_fresh_process():
+    # On an AVX2 (or newer) x86 host, the code an AVX2-only machine runs.
+    isa = "avx2" if _has_avx2() else "native"
     out = _run_benchmark(
         "benchmarks.throughput",
         "--space=bignas_tiny",
@@ -58,6 +68,7 @@ def test_throughput_prints_first_step_rate_ratio_and_rss_from_a_fresh_process():
         "--steps=2",
         "--threads=1",
         "--lanes=2",
+        f"--isa={isa}",
     )
     assert "16 px" in out
     total = _figure(r"to first step\s+([\d.]+) s from process start", out)
@@ -95,6 +106,12 @@ def test_throughput_prints_first_step_rate_ratio_and_rss_from_a_fresh_process():
     # No peer figure at 16 px: the issue measured 64 and 128 px only.
     assert "ours / peer    n/a" in out
     assert _figure(r"peak RSS\s+(\d+) MiB", out) > 100
+    # The code that ran, as each measured process saw it: with --isa=avx2,
+    # oneDNN's AVX2 kernels and the native kernels built for x86-64-v3.
+    code = "oneDNN ISA AVX2, native kernels -march=x86-64-v3: native-"
+    if isa == "native":
+        code = "oneDNN ISA ALL, native kernels -march=native: native-"
+    assert code in out, out  # with its library loaded
 
 
 def test_peer_reference_is_the_issues_measurement():

@@ -35,9 +35,11 @@ depthwise filter gradients"). In training (batch statistics) batch norm,
 with the swish after it, runs on a native kernel each way
 (`batch_norm_native`): oneDNN builds a primitive for every new shape of its
 batch norm and swish, and random children bring new shapes at every step
-("Fresh shapes" in `benchmarks/README.md`). Inference and calibration keep
-the stock forward ops, so a sliced child computes the supernet's outputs
-bit for bit.
+("Fresh shapes" in `benchmarks/README.md`), and the squeeze-excite
+product's gradient is one native kernel (`scale_channels`), where the stock
+gradient runs two products over the whole tensor and a sum. Inference and
+calibration keep the stock forward ops, so a sliced child computes the
+supernet's outputs bit for bit.
 
 Initialisation follows EfficientNet (whose recipe BigNAS trains with):
 `conv_kernel_initializer()` for every convolution, depthwise ones included,
@@ -234,6 +236,40 @@ def batch_norm_native(
         return y, grad
 
     return batch_norm(x, gamma, beta)
+
+
+def scale_channels(x: tf.Tensor, s: tf.Tensor, native: bool = True) -> tf.Tensor:
+    """`x * s`, s one value per sample and channel (squeeze-excite's product), with a native gradient.
+
+    The gradient, dx = dy * s and ds = the sum of dy * x over each sample's
+    pixels, is `BignasScaleChannelsGrad` (one pass over dy and x, where
+    TensorFlow's gradient of the product runs two products over the whole
+    tensor and a sum); dx has the stock gradient's bits, ds another rounding
+    of the same sum. The forward pass is the stock product. Where the kernels
+    do not build, or without `native`: `x * s` and its stock gradient.
+
+    Args:
+        x: [N, ..., C] float32 tensor.
+        s: [N, 1, ..., 1, C] scales.
+        native: The native gradient where it builds.
+
+    Returns:
+        x * s.
+    """
+    library = native_library(x, native)
+    if library is None:
+        return x * s
+
+    @tf.custom_gradient
+    def scale(x: tf.Tensor, s: tf.Tensor):
+        x = tf.identity(x)  # See `depthwise_conv2d_same`.
+
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return tuple(library.bignas_scale_channels_grad(dy, x, s))
+
+        return x * s, grad
+
+    return scale(x, s)
 
 
 def keras_activation(name: str) -> str:

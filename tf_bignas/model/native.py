@@ -14,13 +14,18 @@ training step on a CPU-only host (`layers.swish_native_grad`,
 - `BignasBatchNorm` and `BignasBatchNormGrad`: batch-statistics batch norm
   with the swish after it, forward and backward, with no per-shape setup
   (oneDNN builds a primitive for each new shape, and random children bring
-  new shapes at every step), sums in a fixed order.
+  new shapes at every step), sums in a fixed order;
+- `BignasScaleChannelsGrad`: the gradient of the squeeze-excite product
+  x * s (s one value per sample and channel) for x and s in one pass,
+  sums in a fixed order (`layers.scale_channels`).
 
 The kernels are compiled against the installed TensorFlow with the machine's
-C++ compiler (``$CXX``, else ``c++``) the first time a slice-mode layer that
-may use them is traced on a CPU-only host, about 10 s, and the shared
-library is kept in a cache folder (``$XDG_CACHE_HOME/tf_bignas/native``,
-else ``~/.cache/tf_bignas/native``)
+C++ compiler (``$CXX``, else ``c++``) for the machine's own CPU (``-march=``
+``$TF_BIGNAS_NATIVE_MARCH``, else ``native``: e.g. ``x86-64-v3`` builds the
+AVX2 code that an AVX2-only machine runs, to measure it on a newer one) the
+first time a slice-mode layer that may use them is traced on a CPU-only
+host, about 10 s, and the shared library is kept in a cache folder
+(``$XDG_CACHE_HOME/tf_bignas/native``, else ``~/.cache/tf_bignas/native``)
 under a digest of the source, TensorFlow's version and build flags, the
 compiler's version and the CPU's features, so later processes load it in
 milliseconds and a changed machine or TensorFlow builds anew. A library is
@@ -59,6 +64,7 @@ OPS = (
     "bignas_depthwise_filter_grad",
     "bignas_batch_norm",
     "bignas_batch_norm_grad",
+    "bignas_scale_channels_grad",
 )
 
 
@@ -72,7 +78,8 @@ class NativeOps:
             `bignas_depthwise_filter_grad(x, dy, kernel_size, stride=)`,
             `bignas_batch_norm(x, gamma, beta, epsilon=, swish=)` -> (y, mean,
             inv_std), `bignas_batch_norm_grad(dy, x, gamma, beta, mean,
-            inv_std, swish=)` -> (dx, dgamma, dbeta)), or None.
+            inv_std, swish=)` -> (dx, dgamma, dbeta),
+            `bignas_scale_channels_grad(dy, x, s)` -> (dx, ds)), or None.
         path: The shared library's path ("" if none was built).
         reason: Why `library` is None ("" when it is loaded).
         built: Whether this call compiled the library (False: from the cache).
@@ -102,6 +109,11 @@ def _cpu_features() -> str:
     return platform.processor() or platform.machine()
 
 
+def target_arch() -> str:
+    """The compiler's ``-march``: ``$TF_BIGNAS_NATIVE_MARCH``, else ``native``."""
+    return os.environ.get("TF_BIGNAS_NATIVE_MARCH") or "native"
+
+
 def _command(compiler: str, output: str) -> list[str]:
     """The compile-and-link command of `SOURCE` into `output`."""
     return [
@@ -109,7 +121,7 @@ def _command(compiler: str, output: str) -> list[str]:
         "-shared",
         "-fPIC",
         "-O3",
-        "-march=native",
+        f"-march={target_arch()}",
         SOURCE,
         "-o",
         output,
@@ -134,7 +146,8 @@ def self_check(library: types.ModuleType) -> float:
     sizes, 5 to 37 channels, kernels 1, 3, 5 and 7, strides 1 and 2. Batch
     norm: output and the three gradients, with swish (13 channels) and
     without (40 channels, mean 4 against spread 2), against
-    `FusedBatchNormV3` and `tf.nn.silu`.
+    `FusedBatchNormV3` and `tf.nn.silu`. Channel scale: both gradients of
+    x * s over 4-D and 3-D x (1 to 70 pixels, 1 to 40 channels).
 
     Args:
         library: A loaded library of `native_kernels.cc`.
@@ -198,6 +211,13 @@ def _self_check(library: types.ModuleType) -> float:
         y, mean, inv_std = library.bignas_batch_norm(x, gamma, beta, epsilon=1e-3, swish=swish)
         grads = library.bignas_batch_norm_grad(dy, x, gamma, beta, mean, inv_std, swish=swish)
         cases += zip([stock, *tape.gradient(stock, [x, gamma, beta], dy)], [y, *grads])
+    for shape in [(2, 5, 6, 13), (3, 70, 40), (1, 9, 9, 1)]:
+        x = tf.constant(rng.normal(size=shape), tf.float32)
+        dy = tf.constant(rng.normal(size=shape), tf.float32)
+        s = tf.constant(rng.normal(size=[shape[0], *[1] * (len(shape) - 2), shape[-1]]), tf.float32)
+        axes = list(range(1, len(shape) - 1))
+        stock = [dy * s, tf.reduce_sum(dy * x, axis=axes, keepdims=True)]
+        cases += zip(stock, library.bignas_scale_channels_grad(dy, x, s))
     return max(
         float(tf.reduce_max(tf.abs(got - want)) / tf.reduce_max(tf.abs(want)))
         for want, got in cases

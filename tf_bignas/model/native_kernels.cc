@@ -16,7 +16,8 @@
 // convolution (NHWC, square kernel and stride), as
 // DepthwiseConv2dNativeBackpropFilter computes it, without a padded copy of
 // the input: for each output row, every kernel tap's products summed over the
-// row in vector registers (16, 8, 4 or 1 channels at once) and added to one of
+// row in vector registers (16 channels at once with AVX-512, else 8; then 4
+// or 1; the same sums per channel at any width) and added to one of
 // 8 fixed groups of rows, the groups summed in order, so the result does not
 // depend on the number of threads.
 //
@@ -26,6 +27,9 @@
 // the same 8 fixed groups of rows (float within a block of rows, double
 // across blocks and groups). They need no per-shape setup, where oneDNN's
 // batch norm and swish build a primitive for every new shape.
+//
+// BignasScaleChannelsGrad: both gradients of the squeeze-excite product
+// x * s (s one value per sample and channel) in one pass over dy and x.
 
 #include <algorithm>
 #include <cmath>
@@ -182,11 +186,17 @@ void OutputRow(const float* image, const float* g, float* row, int64_t oh, const
     const float* xr = image + ih * q.W * q.C;
     float* out = row + kh * K * q.C;
     int64_t c = 0;
+#ifdef __AVX512F__
     for (; c + 16 <= q.C; c += 16) TapsOfRow<K, 16>(xr + c, g + c, out + c, q);
     if (c + 8 <= q.C) {
       TapsOfRow<K, 8>(xr + c, g + c, out + c, q);
       c += 8;
     }
+#else
+    // No 16-lane registers: 16 lanes as two 8-lane vectors run a third as
+    // fast (GCC keeps them in memory). The same sums per channel either way.
+    for (; c + 8 <= q.C; c += 8) TapsOfRow<K, 8>(xr + c, g + c, out + c, q);
+#endif
     if (c + 4 <= q.C) {
       TapsOfRow<K, 4>(xr + c, g + c, out + c, q);
       c += 4;
@@ -605,6 +615,80 @@ class BignasBatchNormGradOp : public OpKernel {
   bool swish_;
 };
 
+
+// ------------------------------------------------- channel scale (SE excite)
+
+// Pixels per block of the channel-scale gradient: summed in float within a
+// block, in double across blocks.
+constexpr int64_t kScalePixels = 64;
+
+// The gradient of y = x * s, x [N, ..., C] and s [N, 1, ..., 1, C] (the
+// squeeze-excite product): dx = dy * s and ds = the sum of dy * x over each
+// sample's pixels, in one pass over dy and x (TensorFlow's gradient of Mul
+// runs two products over the whole tensor and a sum). Sharded by sample, each
+// sample's sum in a fixed order: the same bits on any number of threads.
+class BignasScaleChannelsGradOp : public OpKernel {
+ public:
+  explicit BignasScaleChannelsGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    // Denormals flushed to zero whichever thread runs it (an eager op runs on
+    // the caller's thread): the same bits op by op and in a compiled step.
+    tsl::port::ScopedFlushDenormal flush;
+    const Tensor& dy = context->input(0);
+    const Tensor& x = context->input(1);
+    const Tensor& scale = context->input(2);
+    bool ok = dy.shape() == x.shape() && x.dims() >= 2 && scale.dims() == x.dims() &&
+              scale.dim_size(0) == x.dim_size(0) &&
+              scale.dim_size(x.dims() - 1) == x.dim_size(x.dims() - 1);
+    for (int d = 1; ok && d + 1 < x.dims(); ++d) ok = scale.dim_size(d) == 1;
+    OP_REQUIRES(context, ok,
+                InvalidArgument("BignasScaleChannelsGrad: dy and x [N, ..., C] of one shape "
+                                "need s [N, 1, ..., 1, C], got dy ",
+                                dy.shape().DebugString(), ", x ", x.shape().DebugString(),
+                                ", s ", scale.shape().DebugString()));
+    Tensor *dx = nullptr, *ds = nullptr;
+    // Not dy's buffer: the loops below vectorise on pointers that do not alias.
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(context, context->allocate_output(1, scale.shape(), &ds));
+    const int64_t N = x.dim_size(0);
+    const int64_t C = x.dim_size(x.dims() - 1);
+    const int64_t pixels = (N == 0 || C == 0) ? 0 : x.NumElements() / (N * C);
+    const float* xs = x.flat<float>().data();
+    const float* gs = dy.flat<float>().data();
+    const float* ss = scale.flat<float>().data();
+    float* out = dx->flat<float>().data();
+    float* dss = ds->flat<float>().data();
+    auto work = [&](int64_t first, int64_t last) {
+      std::vector<float> block(C);
+      std::vector<double> total(C);
+      for (int64_t n = first; n < last; ++n) {
+        const float* __restrict__ sn = ss + n * C;
+        std::fill(total.begin(), total.end(), 0.0);
+        for (int64_t p0 = 0; p0 < pixels; p0 += kScalePixels) {
+          const int64_t count = std::min(kScalePixels, pixels - p0);
+          float* __restrict__ fb = block.data();
+          std::fill(fb, fb + C, 0.0f);
+          for (int64_t p = p0; p < p0 + count; ++p) {
+            const int64_t at = (n * pixels + p) * C;
+            const float* __restrict__ gi = gs + at;
+            const float* __restrict__ xi = xs + at;
+            float* __restrict__ oi = out + at;
+            for (int64_t c = 0; c < C; ++c) {
+              oi[c] = gi[c] * sn[c];
+              fb[c] += gi[c] * xi[c];
+            }
+          }
+          for (int64_t c = 0; c < C; ++c) total[c] += fb[c];
+        }
+        for (int64_t c = 0; c < C; ++c) dss[n * C + c] = static_cast<float>(total[c]);
+      }
+    };
+    const auto* threads = context->device()->tensorflow_cpu_worker_threads();
+    tensorflow::Shard(threads->num_threads, threads->workers, N, pixels * C * 4, work);
+  }
+};
+
 }  // namespace
 
 REGISTER_OP("BignasSwish")
@@ -693,3 +777,19 @@ REGISTER_OP("BignasBatchNormGrad")
 
 REGISTER_KERNEL_BUILDER(Name("BignasBatchNormGrad").Device(tensorflow::DEVICE_CPU),
                         BignasBatchNormGradOp);
+
+REGISTER_OP("BignasScaleChannelsGrad")
+    .Input("dy: float")
+    .Input("x: float")
+    .Input("s: float")
+    .Output("dx: float")
+    .Output("ds: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      return tensorflow::OkStatus();
+    })
+    .Doc("Gradient of x * s (s one value per sample and channel) for x and s.");
+
+REGISTER_KERNEL_BUILDER(Name("BignasScaleChannelsGrad").Device(tensorflow::DEVICE_CPU),
+                        BignasScaleChannelsGradOp);

@@ -69,6 +69,7 @@ from tf_bignas.model.layers import (
     DynamicDepthwiseConv2D,
     activation,
     cpu_gradients,
+    scale_channels,
 )
 from tf_bignas.model.netplan import (
     BlockPlan,
@@ -158,8 +159,9 @@ def run_ops(
             instead of its own (`Supernet` traces a block once for every
             block of the same shape); None for the layers' own.
         native: Slice mode on a CPU-only host: the depthwise filter and swish
-            gradients, and batch-statistics BN (with the swish after it), on
-            the native kernels where they build (`native`).
+            gradients, batch-statistics BN (with the swish after it) and, in
+            training, the squeeze-excite product's gradient, on the native
+            kernels where they build (`native`).
 
     Returns:
         The output of the last op.
@@ -224,7 +226,8 @@ def run_ops(
         elif kind == "sigmoid":
             y = tf.sigmoid(h)
         elif kind == "mul":
-            y = h * values[op.inputs[1]]
+            # Training's squeeze-excite product: its gradient on a native kernel.
+            y = scale_channels(h, values[op.inputs[1]], native and bn_mode == "batch")
         elif kind == "pool":
             y = tf.nn.avg_pool2d(h, 2, 2, "SAME")
         elif kind == "add":
