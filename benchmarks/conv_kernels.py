@@ -11,18 +11,24 @@ and its swish activations with other gradients than the stock ops
   dense 16x16 channel blocks;
 - a 1x1 convolution's gradients as matrix products (`pointwise_conv`);
 - swish's gradient as one native kernel (`swish_native_grad`), where the
-  stock one is six element-wise ops.
+  stock one is six element-wise ops;
+- the squeeze-excite product's gradient as one native kernel
+  (`scale_channels`), where the stock one is two products and a sum.
 
 This benchmark times, interleaved in one process, the forward and backward
 pass of every depthwise and 1x1 convolution of the space's largest child at
 one resolution (each depthwise one at every kernel size of its stage) and of
 its swishes (x -> swish(x) * w, w one scale per channel, so that both have a
-weight gradient), in the stock form and in the supernet's, and prints the
+weight gradient) and squeeze-excite products, in the stock form and in the
+supernet's, and prints the
 ratios (stock / supernet's) per layer and over each kind, with this
 process's matmul rate beside the absolute times. On one thread per op, as
 training runs its children in two lanes on two cores:
 
     python -m benchmarks.conv_kernels --threads=1
+
+With ``ONEDNN_MAX_CPU_ISA=AVX2 TF_BIGNAS_NATIVE_MARCH=x86-64-v3`` before it,
+the code that an AVX2-only machine runs (see `benchmarks.throughput --isa`).
 """
 
 from __future__ import annotations
@@ -59,7 +65,12 @@ def main(argv: list[str]) -> None:
     del argv
     import tensorflow as tf
 
-    from tf_bignas.model.layers import depthwise_conv2d_same, pointwise_conv, swish_native_grad
+    from tf_bignas.model.layers import (
+        depthwise_conv2d_same,
+        pointwise_conv,
+        scale_channels,
+        swish_native_grad,
+    )
     from tf_bignas.model.netplan import net_plan
     from tf_bignas.space import get_space
 
@@ -109,6 +120,16 @@ def main(argv: list[str]) -> None:
             ours = fwd_bwd(lambda x, w: swish_native_grad(x) * w)
             label = f"{blk.name} swish after {after} {res}px {blk.mid_ch}ch"
             cases.append(("swish", label, stock, ours, args))
+        if blk.se_ch:  # the squeeze-excite product x * s, s per sample and channel
+            args = (
+                normal(b, blk.out_res, blk.out_res, blk.mid_ch),
+                normal(b, 1, 1, blk.mid_ch),
+                normal(b, blk.out_res, blk.out_res, blk.mid_ch),
+            )
+            stock = fwd_bwd(lambda x, s: x * s)
+            ours = fwd_bwd(scale_channels)
+            label = f"{blk.name} se product {blk.out_res}px {blk.mid_ch}ch"
+            cases.append(("se product", label, stock, ours, args))
         convs = [(blk.out_res, blk.mid_ch, blk.out_ch, "project")]
         if blk.expand:
             convs.insert(0, (blk.in_res, blk.in_ch, blk.mid_ch, "expand"))

@@ -122,7 +122,7 @@ def test_peer_reference_is_the_issues_measurement():
     assert 0.20 / 1.25 <= peer[128] <= 0.20 / 1.16
 
 
-def test_conv_kernels_times_every_convolution_and_swish_in_both_forms():
+def test_conv_kernels_times_every_convolution_swish_and_se_product_in_both_forms():
     out = _run_benchmark(
         "benchmarks.conv_kernels",
         "--space=bignas_tiny",
@@ -132,11 +132,13 @@ def test_conv_kernels_times_every_convolution_and_swish_in_both_forms():
         "--repeats=1",
     )
     assert _figure(r"matmul rate .*: ([\d.]+) GMAC/s", out) > 0
-    for kind in ("depthwise", "1x1", "swish"):
+    for kind in ("depthwise", "1x1", "swish", "se product"):
         assert _figure(rf"{kind}, all: .* = ([\d.]+)", out) > 0
     # Every kernel size of the tiny space's first stage, and a head conv.
     assert "s1l1 dw 3x3/2 16px" in out and "s1l1 dw 5x5/2 16px" in out, out
     assert "head " in out and "s1l1 swish after dw 8px" in out
+    # Squeeze-excite products where the stage has squeeze-excite only.
+    assert "s1l1 se product 8px" in out and "s3l1 dw" in out and "s3l1 se product" not in out
 
 
 def test_fresh_shapes_times_the_same_steps_fresh_and_again_and_both_1x1_forwards():
