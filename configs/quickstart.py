@@ -16,12 +16,14 @@ for 15 epochs of batch 64 with a 1-epoch warmup; random crops keep at least
 BN-calibrated on 2,048 random training digits.
 
 Measured (top-1 on the 1,000 held-out digits, chance 10%), seeds 0 / 1 / 2,
-with the first launch command above and `--config.seed=N`, 2026-12-08:
-smallest child 87.0% / 87.0% / 85.2%, largest child 94.6% / 95.0% / 92.1%
-(spread over seeds: 1.8 and 2.9 points); each run took 1.6-1.8 minutes on
-2 cores, evaluation included. (Before that day's label smoothing and
-squeeze-excite swish forms, which changed training's float rounding:
-87.9 / 86.5 / 86.2% and 94.5 / 95.0 / 92.9%; before the batch-norm kernels
+with the first launch command above and `--config.seed=N`, 2026-12-08
+morning: smallest child 87.3% / 86.2% / 84.8%, largest child 94.9% / 94.9% /
+92.5% (spread over seeds: 2.5 and 2.4 points); each run took 1.8-1.9
+minutes on 2 cores, evaluation included. (Before that morning's native
+squeeze-excite gradient, which changed training's float rounding:
+87.0 / 87.0 / 85.2% and 94.6 / 95.0 / 92.1%; before that day's label
+smoothing and squeeze-excite swish forms, 87.9 / 86.5 / 86.2% and 94.5 /
+95.0 / 92.9%; before the batch-norm kernels
 of 2026-12-07 late night 86.5 / 85.4 / 87.5% and 94.6 / 94.4 / 93.2%; before
 the native gradient kernels of that night 89.3 / 85.8 / 86.7% and 95.3 /
 94.4 / 93.6%; before the convolution kernels of the evening 87.9 / 84.6 /
