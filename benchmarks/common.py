@@ -95,6 +95,38 @@ def matmul_gmacs_on_cores(threads_per_op: int, cores: int) -> float:
     return matmul_gmacs(parallel=max(1, cores // (threads_per_op or cores)))
 
 
+def memory_gbs(mib: int = 256, repeats: int = 5, parallel: int = 1) -> float:
+    """This process's memory copy rate, in GB/s read + written (best of `repeats`).
+
+    A reference for steps bound by memory traffic (element-wise ops, batch
+    norm), which the matmul rate does not reflect: other tenants of a shared
+    host can take memory bandwidth and leave the arithmetic units alone.
+    `parallel` copies of `mib` MiB each run at once, one per thread.
+
+    Args:
+        mib: Size of each copy, well above the caches.
+        repeats: Timed runs.
+        parallel: Copies at once (one per core, as the step's lanes run).
+
+    Returns:
+        Bytes read and written per second / 1e9.
+    """
+    import concurrent.futures
+
+    import numpy as np
+
+    n = mib * 2**20 // 4
+    pairs = [(np.ones(n, np.float32), np.empty(n, np.float32)) for _ in range(parallel)]
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda p: np.copyto(p[1], p[0]), pairs))  # pages touched
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(lambda p: np.copyto(p[1], p[0]), pairs))
+            best = min(best, time.perf_counter() - start)
+    return parallel * 2 * n * 4 / best / 1e9
+
+
 def run_fresh(module: str, args: Sequence[str], label: str) -> dict[str, Any] | None:
     """Runs `python -m module *args` in a fresh process and reads what it measured.
 

@@ -38,6 +38,9 @@ prints, per resolution:
   reference; with fewer threads per op than cores, one matmul per core at
   once, so that it uses every core as the step does) and the ratio
   GMAC/s / matmul;
+- memory: the same process's memory copy rate on every core (a second
+  machine reference: much of the step is bound by memory traffic, which
+  other tenants of a shared host can slow while the matmul rate holds);
 - ours / peer: that ratio over the peer's, as issue 22 measured it on one
   idle 2-core machine (AttentiveNAS, PyTorch eager, the same space, batch and
   sampler): ours at 0.20 of that process's matmul, and ours / peer 1.44 and
@@ -148,7 +151,7 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, Any]:
     import numpy as np
     import tensorflow as tf
 
-    from benchmarks.common import matmul_gmacs_on_cores
+    from benchmarks.common import matmul_gmacs_on_cores, memory_gbs
     from tf_bignas.model import Supernet, cost, native
     from tf_bignas.run.optimizers import RMSpropTF
     from tf_bignas.space import get_space
@@ -231,6 +234,7 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, Any]:
     # On every core, as the step runs: one matmul per core that an op leaves free.
     cores = available_cores()
     matmul = matmul_gmacs_on_cores(intra, cores)
+    memory = memory_gbs(parallel=cores)
     kernels = native.native_ops()
     return {
         "native_kernels": os.path.basename(kernels.path) if kernels.library else kernels.reason,
@@ -250,6 +254,7 @@ def _measure(resolution: int, spawned_at: float) -> dict[str, Any]:
         "step_spread_s": float(np.max(times) - np.min(times)),
         "gmacs": gmacs,
         "matmul_gmacs": matmul,
+        "memory_gbs": memory,
         "peak_rss_mib": rss,
         "lanes": lanes,
         "intra_threads": tf.config.threading.get_intra_op_parallelism_threads(),
@@ -303,6 +308,8 @@ def _report(res: int, r: dict[str, Any], warm: dict[str, Any] | None) -> None:
         "0 = TensorFlow's default)",
         f"  throughput     {r['gmacs']:6.2f} GMAC/s; matmul {r['matmul_gmacs']:.1f} GMAC/s "
         f"in the same process; ratio {ratio:.3f}",
+        f"  memory         copy {r['memory_gbs']:.1f} GB/s read + written on all cores, "
+        "the same process (the step is partly bound by memory traffic; the matmul is not)",
         f"  ours / peer    {vs_peer}  (peer {peer or float('nan'):.3f} of matmul, issue 22)",
         f"  peak RSS       {r['peak_rss_mib']:6.0f} MiB",
         f"  code           oneDNN ISA {r['onednn_max_isa']}, native kernels "

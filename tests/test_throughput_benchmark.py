@@ -93,6 +93,7 @@ def test_throughput_prints_first_step_rate_ratio_and_rss_from_a_fresh_process():
     ratio = _figure(r"ratio ([\d.]+)", out)
     assert gmacs > 0 and matmul > 0
     assert abs(ratio - gmacs / matmul) <= 0.002 + 0.01 * ratio
+    assert _figure(r"memory\s+copy ([\d.]+) GB/s", out) > 0
     assert "traces 1" in out  # later steps reuse the first trace
     assert "2 lane(s) of children, threads 1 per op / 1 op threads" in out
     # A second process loads the first one's trace, and reads the optimised

@@ -193,8 +193,9 @@ void OutputRow(const float* image, const float* g, float* row, int64_t oh, const
       c += 8;
     }
 #else
-    // No 16-lane registers: 16 lanes as two 8-lane vectors run a third as
-    // fast (GCC keeps them in memory). The same sums per channel either way.
+    // No 16-lane registers: built for AVX2, the 16-lane form ran at about a
+    // third of its AVX-512 speed (benchmarks/README.md, "The code an AVX2
+    // machine runs"). The same sums per channel either way.
     for (; c + 8 <= q.C; c += 8) TapsOfRow<K, 8>(xr + c, g + c, out + c, q);
 #endif
     if (c + 4 <= q.C) {
@@ -614,7 +615,6 @@ class BignasBatchNormGradOp : public OpKernel {
  private:
   bool swish_;
 };
-
 
 // ------------------------------------------------- channel scale (SE excite)
 
