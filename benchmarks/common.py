@@ -61,6 +61,8 @@ def matmul_gmacs(size: int = 2048, repeats: int = 5, parallel: int = 1) -> float
         return machine_reference(size, repeats)
     import tensorflow as tf
 
+    from tf_bignas.export.host_benchmark import best_seconds
+
     pairs = [
         (
             tf.random.stateless_normal((size, size), seed=(i, 1)),
@@ -69,12 +71,7 @@ def matmul_gmacs(size: int = 2048, repeats: int = 5, parallel: int = 1) -> float
         for i in range(parallel)
     ]
     matmuls = tf.function(lambda ps: [tf.matmul(a, b) for a, b in ps])
-    [m.numpy() for m in matmuls(pairs)]
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        [m.numpy() for m in matmuls(pairs)]
-        best = min(best, time.perf_counter() - start)
+    best = best_seconds(lambda: [m.numpy() for m in matmuls(pairs)], repeats)
     return parallel * size**3 / best / 1e9
 
 
@@ -115,15 +112,13 @@ def memory_gbs(mib: int = 256, repeats: int = 5, parallel: int = 1) -> float:
 
     import numpy as np
 
+    from tf_bignas.export.host_benchmark import best_seconds
+
     n = mib * 2**20 // 4
     pairs = [(np.ones(n, np.float32), np.empty(n, np.float32)) for _ in range(parallel)]
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-        list(pool.map(lambda p: np.copyto(p[1], p[0]), pairs))  # pages touched
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            list(pool.map(lambda p: np.copyto(p[1], p[0]), pairs))
-            best = min(best, time.perf_counter() - start)
+        # The warm-up call also touches the destination's pages.
+        best = best_seconds(lambda: list(pool.map(lambda p: np.copyto(p[1], p[0]), pairs)), repeats)
     return parallel * 2 * n * 4 / best / 1e9
 
 

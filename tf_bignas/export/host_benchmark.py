@@ -141,13 +141,26 @@ def machine_reference(size: int = 1024, repeats: int = 5) -> float:
     a = tf.random.stateless_normal((size, size), seed=(0, 1))
     b = tf.random.stateless_normal((size, size), seed=(0, 2))
     matmul = tf.function(tf.matmul)
-    matmul(a, b).numpy()
+    return size**3 / best_seconds(lambda: matmul(a, b).numpy(), repeats) / 1e9
+
+
+def best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """The shortest wall time of `repeats` calls of `fn`, after one untimed warm-up call.
+
+    Args:
+        fn: The call (it must finish its work before it returns).
+        repeats: Timed calls.
+
+    Returns:
+        Seconds.
+    """
+    fn()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        matmul(a, b).numpy()
+        fn()
         best = min(best, time.perf_counter() - start)
-    return size**3 / best / 1e9
+    return best
 
 
 def host_device() -> str:

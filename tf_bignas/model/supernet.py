@@ -176,6 +176,9 @@ def run_ops(
         if readers[op.name] == 1
     }
     native = native and cpu_gradients(mode)
+    # Training's (batch statistics) forward ops on native kernels too: its
+    # swish forward (`activation`) and its squeeze-excite product's gradient.
+    native_training = native and bn_mode == "batch"
     values = {ops[0].inputs[0]: x}
     # Active channels of each value, where a width sets them (None: read the
     # tensor's shape); the layers slice with these instead of new shape ops.
@@ -212,12 +215,10 @@ def run_ops(
             )
         elif kind == "act":
             # Applied by the BN before it, or here.
-            # Training's swish forward on the native kernel too (`activation`).
-            forward = native and bn_mode == "batch"
             y = (
                 h
                 if op.inputs[0] in act_of
-                else activation(h, op.function, native_grad=native, native_forward=forward)
+                else activation(h, op.function, native_grad=native, native_forward=native_training)
             )
         elif kind == "se_pool":
             y = tf.reduce_mean(h, axis=[1, 2], keepdims=True)
@@ -226,8 +227,7 @@ def run_ops(
         elif kind == "sigmoid":
             y = tf.sigmoid(h)
         elif kind == "mul":
-            # Training's squeeze-excite product: its gradient on a native kernel.
-            y = scale_channels(h, values[op.inputs[1]], native and bn_mode == "batch")
+            y = scale_channels(h, values[op.inputs[1]], native_training)
         elif kind == "pool":
             y = tf.nn.avg_pool2d(h, 2, 2, "SAME")
         elif kind == "add":
